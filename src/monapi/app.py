@@ -1,0 +1,168 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from flask import Flask, Response, g, request
+from flask.json.provider import DefaultJSONProvider
+from flask_openapi3 import Info, OpenAPI
+
+from . import __version__, auth, cache, db, fields
+from .api import health
+from .api.v1 import agent, data, enrollment, metrics, servers
+from .api.v1 import fields as fields_api
+from .errors import register_error_handlers, request_id, validation_error_callback
+from .logs import configure_logging
+from .settings import ConfigError, Settings, load_settings
+from .tsdb import create_store
+
+log = logging.getLogger("monapi")
+
+
+class MsgspecJSONProvider(DefaultJSONProvider):
+    """JSON through msgspec: fast, and datetimes as RFC 3339 rather than HTTP dates."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return msgspec.json.encode(obj).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return msgspec.json.decode(s)
+
+
+def secret_from_file(path: Path) -> bytes:
+    """Read a generated secret, creating it (mode 0600) the first time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text().strip()
+        if len(value) < 32:
+            raise ConfigError(
+                f"{path} is shorter than 32 characters; delete it or set the secret"
+            ) from None
+        return value.encode()
+    value = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value.encode()
+
+
+def key_pepper(settings: Settings) -> bytes:
+    """The API-key pepper: MONAPI_KEY_PEPPER, else a generated file in the data directory."""
+    if settings.key_pepper is not None:
+        value = settings.key_pepper.get_secret_value()
+        if len(value) < 16:
+            raise ConfigError("MONAPI_KEY_PEPPER must be at least 16 characters")
+        return value.encode()
+    return secret_from_file(settings.data_dir / "key_pepper")
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then MONAPI_* environment variables, then ``config``.
+
+    Lower-case keys of ``config`` override settings (``{"data_dir": tmp_path}``); upper-case keys
+    go to Flask's ``app.config`` (``{"TESTING": True}``).
+    """
+    config = dict(config or {})
+    flask_config = {k: v for k, v in config.items() if k.isupper()}
+    settings = load_settings({k: v for k, v in config.items() if not k.isupper()})
+    configure_logging(settings.log_level, settings.log_format)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    app = OpenAPI(
+        "monapi",
+        info=Info(
+            title="monapi",
+            version=__version__,
+            description="Self-hosted server-monitoring API. Every error has the shape "
+            "{error, code, status, request_id, details?}.",
+        ),
+        security_schemes=auth.SECURITY_SCHEMES,
+        doc_prefix="/api/v1",
+        doc_url="/openapi.json",
+        validation_error_status=422,
+        validation_error_callback=validation_error_callback,
+    )
+    app.json = MsgspecJSONProvider(app)
+    secret_key = (
+        settings.secret_key.get_secret_value()
+        if settings.secret_key is not None
+        else secret_from_file(settings.data_dir / "secret_key").decode()
+    )
+    app.config.update(SECRET_KEY=secret_key, MAX_CONTENT_LENGTH=settings.max_body_bytes)
+    app.config.update(flask_config)
+    app.extensions["monapi.settings"] = settings
+
+    register_error_handlers(app)
+    database = db.init_app(app, settings.resolved_database_url)
+    _check_schema(database)
+    cache.init_app(app, cache.LocalCoordinator(database, settings.last_seen_flush))
+    fields.init_app(app)
+    auth.init_app(app, key_pepper(settings))
+    app.extensions["monapi.tsdb"] = create_store(settings)
+
+    for bp in (
+        health.bp,
+        servers.bp,
+        servers.legacy,
+        fields_api.bp,
+        enrollment.bp,
+        data.bp,
+        metrics.bp,
+        agent.bp,
+    ):
+        app.register_api(bp)
+    auth.check_rules_cover(app, public=set())
+    _install_request_logging(app)
+    if settings.database_url and settings.key_pepper is None:
+        log.warning(
+            "MONAPI_KEY_PEPPER is not set: using %s/key_pepper; instances that share the "
+            "database must share the pepper",
+            settings.data_dir,
+        )
+    return app
+
+
+def _check_schema(database: db.Database) -> None:
+    current, head = database.current_revision(), database.head_revision()
+    if current != head:
+        raise ConfigError(
+            f"the configuration store is at schema {current or 'none'}, this monapi needs {head}: "
+            "run 'monapi db upgrade' (or 'monapi serve', which does it)"
+        )
+
+
+def _install_request_logging(app: Flask) -> None:
+    access = logging.getLogger("monapi.access")
+
+    @app.before_request
+    def _start() -> None:
+        g.t0 = time.perf_counter()
+
+    @app.after_request
+    def _log(resp: Response) -> Response:
+        status = resp.status_code
+        level = (
+            logging.WARNING if status >= 500 else logging.INFO if status >= 400 else logging.DEBUG
+        )
+        if access.isEnabledFor(level):
+            access.log(
+                level,
+                "%s %s %d",
+                request.method,
+                request.path,
+                status,
+                extra={
+                    "request_id": request_id(),
+                    "duration_ms": round((time.perf_counter() - g.get("t0", 0)) * 1000, 2),
+                },
+            )
+        return resp

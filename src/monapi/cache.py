@@ -1,0 +1,154 @@
+"""Cache coordination: versioned caches shared by every worker, and buffered last-seen times.
+
+The embedded implementation keeps its version counters in the configuration store, so a change
+made through one gunicorn worker is seen by every other worker on its next request. Last-seen
+times are buffered in the process and written in one statement every few seconds, never per push.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from typing import Protocol
+
+from flask import Flask, current_app, g
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from .db import Database
+
+log = logging.getLogger("monapi.cache")
+EXT = "monapi.cache"
+COLLECTIONS = ("fields", "keys", "servers")
+
+
+class Coordinator(Protocol):
+    """What the rest of monapi needs from the cache layer (in-process now, Redis later)."""
+
+    def versions(self) -> dict[str, int]:
+        """The current version of every cached collection."""
+        ...
+
+    def bump(self, session: Session, *names: str) -> None:
+        """Mark collections changed, inside the caller's transaction."""
+        ...
+
+    def mark_seen(self, server_id: int, ts: float) -> None:
+        """Record a push; written to the configuration store later, in bulk."""
+        ...
+
+    def pending_seen(self) -> dict[int, float]:
+        """Last-seen times not yet written."""
+        ...
+
+    def flush_seen(self) -> int:
+        """Write buffered last-seen times now; returns how many servers were updated."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalCoordinator:
+    """Version counters in the configuration store; last-seen buffered in this process."""
+
+    def __init__(self, db: Database, flush_interval: float) -> None:
+        self.db = db
+        self.flush_interval = flush_interval
+        self._seen: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._stop = threading.Event()
+        atexit.register(self.close)
+
+    def versions(self) -> dict[str, int]:
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(text("SELECT name, version FROM state_versions")).all()
+        return {name: int(version) for name, version in rows}
+
+    def bump(self, session: Session, *names: str) -> None:
+        for name in names:
+            session.execute(
+                text("UPDATE state_versions SET version = version + 1 WHERE name = :n"),
+                {"n": name},
+            )
+
+    def mark_seen(self, server_id: int, ts: float) -> None:
+        with self._lock:
+            if self._seen.get(server_id, 0.0) < ts:
+                self._seen[server_id] = ts
+        self._ensure_flusher()
+
+    def pending_seen(self) -> dict[int, float]:
+        with self._lock:
+            return dict(self._seen)
+
+    def flush_seen(self) -> int:
+        with self._lock:
+            batch, self._seen = self._seen, {}
+        if not batch:
+            return 0
+        try:
+            with self.db.engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "UPDATE servers SET last_seen = :ts WHERE id = :id "
+                        "AND (last_seen IS NULL OR last_seen < :ts)"
+                    ),
+                    [{"id": k, "ts": v} for k, v in batch.items()],
+                )
+        except Exception:
+            # Keep the times for the next round rather than lose them.
+            with self._lock:
+                for k, v in batch.items():
+                    if self._seen.get(k, 0.0) < v:
+                        self._seen[k] = v
+            log.warning("could not write last-seen times; will retry", exc_info=True)
+            return 0
+        return len(batch)
+
+    def _ensure_flusher(self) -> None:
+        # Threads do not survive fork: start one per worker process, lazily.
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="monapi-last-seen", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self.flush_seen()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._pid == os.getpid():
+            self.flush_seen()
+
+
+def init_app(app: Flask, coordinator: Coordinator) -> None:
+    app.extensions[EXT] = coordinator
+
+
+def get_coordinator() -> Coordinator:
+    coord: Coordinator = current_app.extensions[EXT]
+    return coord
+
+
+def request_versions() -> dict[str, int]:
+    """Cache versions, read at most once per request."""
+    v: dict[str, int] | None = g.get("cache_versions")
+    if v is None:
+        v = get_coordinator().versions()
+        g.cache_versions = v
+    return v
+
+
+def now() -> float:
+    return time.time()

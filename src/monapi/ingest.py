@@ -1,0 +1,395 @@
+"""The ingestion path: body decoding (msgspec) and the one validator every wire format uses.
+
+A point is atomic: if any of its values is invalid, none of it is stored, and every reason is
+reported with the point's index. Valid points of the same request are stored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import re
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from .errors import ApiError
+from .fields import FIELD_NAME_HELP, FIELD_NAME_RE, MEASUREMENT_HELP, MEASUREMENT_RE, FieldSpec
+from .tsdb import Point
+
+MAX_ERRORS = 100
+MAX_TAGS = 32
+MAX_STRING_VALUE = 4096
+RESERVED_TAGS = ("host", "server_id")
+TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+RawValue = bool | int | float | str
+
+
+class PointIn(msgspec.Struct, forbid_unknown_fields=True):
+    fields: dict[str, RawValue]
+    measurement: str = "system"
+    timestamp: str | int | float | None = None
+    tags: dict[str, str] = {}
+
+
+class BodyIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Either one point (``fields`` ...) or a batch (``points``)."""
+
+    points: list[PointIn] | None = None
+    fields: dict[str, RawValue] | None = None
+    measurement: str = "system"
+    timestamp: str | int | float | None = None
+    tags: dict[str, str] = {}
+
+
+class LoosePointIn(msgspec.Struct):
+    """Second-chance decoding when the strict one fails, to report errors per point."""
+
+    fields: Any = None
+    measurement: Any = "system"
+    timestamp: Any = None
+    tags: Any = msgspec.field(default_factory=dict)
+
+
+_strict = msgspec.json.Decoder(BodyIn)
+
+
+@dataclass(slots=True)
+class ValidationResult:
+    points: list[Point] = field(default_factory=list)
+    rejected: int = 0
+    dropped: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    error_count: int = 0
+    discovered: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def error(self, index: int, fld: str | None, reason: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append({"index": index, "field": fld, "reason": reason})
+
+
+def read_body(raw: bytes, encoding: str | None, max_decompressed: int) -> bytes:
+    """The request body, gunzipped when sent with ``Content-Encoding: gzip`` (bounded)."""
+    enc = (encoding or "identity").strip().lower()
+    if enc in ("identity", ""):
+        return raw
+    if enc != "gzip":
+        raise ApiError(415, f"unsupported Content-Encoding {enc!r}; use gzip or none")
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(raw, max_decompressed + 1)
+    except zlib.error as exc:
+        raise ApiError(400, f"body is not valid gzip: {exc}", code="invalid_gzip") from exc
+    if len(out) > max_decompressed or d.unconsumed_tail:
+        raise ApiError(
+            413, f"decompressed body exceeds {max_decompressed} bytes", code="payload_too_large"
+        )
+    if not d.eof:
+        raise ApiError(400, "body is not valid gzip: truncated stream", code="invalid_gzip")
+    return out
+
+
+def decode_points(body: bytes, max_points: int) -> list[PointIn] | list[Any]:
+    """Decode a JSON body into points. Raises 400 for malformed JSON, 413 for too many points.
+
+    Returns strict ``PointIn`` objects when every point has the right JSON types; otherwise the
+    raw per-point objects, which the validator then reports on one by one.
+    """
+    if not body:
+        raise ApiError(400, 'empty body: send one point or {"points": [...]}')
+    try:
+        parsed = _strict.decode(body)
+    except msgspec.ValidationError as exc:
+        return _decode_loose(body, max_points, str(exc))
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    if parsed.points is not None:
+        if parsed.fields is not None:
+            raise ApiError(400, 'send either one point or {"points": [...]}, not both')
+        points = parsed.points
+    elif parsed.fields is not None:
+        points = [PointIn(parsed.fields, parsed.measurement, parsed.timestamp, parsed.tags)]
+    else:
+        raise ApiError(
+            422,
+            "body has neither 'fields' (one point) nor 'points' (a batch)",
+            details=[{"location": "body", "reason": "missing fields or points"}],
+        )
+    if len(points) > max_points:
+        raise ApiError(413, f"{len(points)} points in one request; the limit is {max_points}")
+    if not points:
+        raise ApiError(
+            422, "'points' is empty", details=[{"location": "body.points", "reason": "empty list"}]
+        )
+    return points
+
+
+def _decode_loose(body: bytes, max_points: int, strict_error: str) -> list[Any]:
+    try:
+        obj = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(obj, dict):
+        raise ApiError(
+            422,
+            f"body must be a JSON object: {strict_error}",
+            details=[{"location": "body", "reason": strict_error}],
+        )
+    if "points" in obj:
+        points = obj["points"]
+        extra = set(obj) - {"points"}
+        if not isinstance(points, list) or extra:
+            raise ApiError(
+                422,
+                f"invalid body: {strict_error}",
+                details=[{"location": "body", "reason": strict_error}],
+            )
+    else:
+        points = [obj]
+    if len(points) > max_points:
+        raise ApiError(413, f"{len(points)} points in one request; the limit is {max_points}")
+    if not points:
+        raise ApiError(422, "'points' is empty")
+    return points
+
+
+def parse_timestamp(value: object, now_ns: int) -> int:
+    """RFC 3339 or epoch seconds / ms / us / ns (told apart by size) to nanoseconds."""
+    if value is None:
+        return now_ns
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be RFC 3339 text or an epoch number")
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("timestamp is not a finite number")
+        mag = abs(value)
+        if mag < 1e11:
+            return int(value * 1_000_000_000)
+        if mag < 1e14:
+            return int(value * 1_000_000)
+        if mag < 1e17:
+            return int(value * 1_000)
+        return int(value)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"timestamp {value[:40]!r} is not RFC 3339") from None
+        if dt.tzinfo is None:
+            raise ValueError(f"timestamp {value[:40]!r} has no time zone (add Z or +00:00)")
+        return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+    raise ValueError("timestamp must be RFC 3339 text or an epoch number")
+
+
+def _check_value(spec: FieldSpec, value: object) -> tuple[RawValue | None, str | None]:
+    """The stored value (converted) or the reason it is refused."""
+    t = type(value)
+    ftype = spec.type
+    if ftype == "float":
+        if t is float:
+            if not math.isfinite(value):  # type: ignore[arg-type]
+                return None, "value is not a finite number"
+            v: float | int = value  # type: ignore[assignment]
+        elif t is int:
+            v = float(value)  # type: ignore[arg-type]
+        else:
+            return None, f"expected a float, got {_type_name(value)}"
+    elif ftype == "int":
+        if t is int:
+            v = value  # type: ignore[assignment]
+        elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            v = int(value)
+        else:
+            return None, f"expected an integer, got {_type_name(value)}"
+        if not INT64_MIN <= v <= INT64_MAX:
+            return None, "integer out of the 64-bit range"
+    elif ftype == "bool":
+        if t is bool:
+            return value, None  # type: ignore[return-value]
+        return None, f"expected a boolean, got {_type_name(value)}"
+    else:
+        if t is str:
+            if len(value) > MAX_STRING_VALUE:  # type: ignore[arg-type]
+                return None, f"string longer than {MAX_STRING_VALUE} characters"
+            return value, None  # type: ignore[return-value]
+        return None, f"expected a string, got {_type_name(value)}"
+    if spec.min is not None and v < spec.min:
+        return None, f"{v} is below the minimum {spec.min:g}"
+    if spec.max is not None and v > spec.max:
+        return None, f"{v} is above the maximum {spec.max:g}"
+    return v, None
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "float", str: "string"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def infer_type(value: object) -> str | None:
+    """The field type a discovered value implies."""
+    return {bool: "bool", int: "int", float: "float", str: "string"}.get(type(value))
+
+
+class Validator:
+    """Checks points against the field configuration; shared by every wire format."""
+
+    def __init__(
+        self,
+        specs: dict[str, dict[str, FieldSpec]],
+        unknown: str,
+        max_age_s: float,
+        max_future_s: float,
+        now_ns: int | None = None,
+    ) -> None:
+        self.specs = specs
+        self.unknown = unknown
+        self.now_ns = now_ns if now_ns is not None else time.time_ns()
+        self.oldest = self.now_ns - int(max_age_s * 1e9)
+        self.newest = self.now_ns + int(max_future_s * 1e9)
+        self._good_tag_keys: set[str] = set()
+
+    def validate(self, points: Sequence[Any]) -> ValidationResult:
+        res = ValidationResult()
+        specs = self.specs
+        for i, p in enumerate(points):
+            if isinstance(p, PointIn):
+                meas, raw_fields, raw_ts, raw_tags = p.measurement, p.fields, p.timestamp, p.tags
+            else:
+                shaped = self._loose(i, p, res)
+                if shaped is None:
+                    continue
+                meas, raw_fields, raw_ts, raw_tags = shaped
+            before = res.error_count
+            if not MEASUREMENT_RE.match(meas):
+                res.error(
+                    i, None, f"measurement {meas[:80]!r} is not a valid name ({MEASUREMENT_HELP})"
+                )
+                res.rejected += 1
+                continue
+            try:
+                ts = parse_timestamp(raw_ts, self.now_ns)
+            except ValueError as exc:
+                res.error(i, None, str(exc))
+                ts = 0
+            else:
+                if ts < self.oldest:
+                    res.error(i, None, "timestamp is older than the accepted window")
+                elif ts > self.newest:
+                    res.error(i, None, "timestamp is too far in the future")
+            tags = self._tags(i, raw_tags, res) if raw_tags else ()
+            if not raw_fields:
+                res.error(i, None, "point has no fields")
+            mspecs = specs.get(meas)
+            out: dict[str, RawValue] = {}
+            for name, value in raw_fields.items():
+                spec = mspecs.get(name) if mspecs is not None else None
+                if spec is None:
+                    self._unknown(i, meas, name, value, out, res)
+                    continue
+                if not spec.enabled:
+                    res.error(i, name, f"field {meas}.{name} is disabled")
+                    continue
+                v, reason = _check_value(spec, value)
+                if reason is not None:
+                    res.error(i, name, reason)
+                else:
+                    out[name] = v  # type: ignore[assignment]
+            if res.error_count != before:
+                res.rejected += 1
+            elif out:
+                res.points.append(Point(meas, tags, ts, out))
+        return res
+
+    def _loose(
+        self, i: int, p: Any, res: ValidationResult
+    ) -> tuple[str, dict[str, Any], Any, Any] | None:
+        if not isinstance(p, dict):
+            res.error(i, None, f"a point must be a JSON object, got {_type_name(p)}")
+            res.rejected += 1
+            return None
+        extra = set(p) - {"measurement", "timestamp", "tags", "fields"}
+        meas = p.get("measurement", "system")
+        fields = p.get("fields")
+        problems = []
+        if extra:
+            problems.append(f"unknown keys: {', '.join(sorted(extra)[:5])}")
+        if not isinstance(meas, str):
+            problems.append("measurement must be a string")
+        if not isinstance(fields, dict):
+            problems.append("fields must be an object of name: value")
+        tags = p.get("tags", {})
+        if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+            problems.append("tags must be an object of string values")
+        if problems:
+            for prob in problems:
+                res.error(i, None, prob)
+            res.rejected += 1
+            return None
+        return meas, fields, p.get("timestamp"), tags  # type: ignore[return-value]
+
+    def _tags(
+        self, i: int, raw: dict[str, str], res: ValidationResult
+    ) -> tuple[tuple[str, str], ...]:
+        if len(raw) > MAX_TAGS:
+            res.error(i, None, f"{len(raw)} tags; at most {MAX_TAGS} are allowed")
+            return ()
+        good = self._good_tag_keys
+        for k, v in raw.items():
+            if k not in good:
+                if not TAG_KEY_RE.match(k):
+                    res.error(i, None, f"tag key {k[:80]!r} is not valid (letters, digits, _ . -)")
+                    continue
+                if k in RESERVED_TAGS:
+                    res.error(i, None, f"tag {k!r} is reserved: it is set from the API key")
+                    continue
+                good.add(k)
+            if not v or len(v) > 256 or not v.isprintable():
+                res.error(i, None, f"tag {k!r}: value must be 1-256 printable characters")
+        return tuple(sorted(raw.items()))
+
+    def _unknown(
+        self,
+        i: int,
+        meas: str,
+        name: str,
+        value: Any,
+        out: dict[str, RawValue],
+        res: ValidationResult,
+    ) -> None:
+        if self.unknown == "drop":
+            res.dropped += 1
+            return
+        if self.unknown == "reject":
+            res.error(i, name, f"unknown field {meas}.{name} (not in the field configuration)")
+            return
+        # discover
+        if not FIELD_NAME_RE.match(name):
+            res.error(i, name, f"field name {name[:80]!r} is not valid ({FIELD_NAME_HELP})")
+            return
+        ftype = infer_type(value)
+        if ftype is None:
+            res.error(i, name, f"cannot infer a field type from {_type_name(value)}")
+            return
+        if isinstance(value, float) and not math.isfinite(value):
+            res.error(i, name, "value is not a finite number")
+            return
+        known = res.discovered.setdefault((meas, name), ftype)
+        if known != ftype:
+            res.error(i, name, f"field {meas}.{name} seen as {known} and {ftype} in one request")
+            return
+        out[name] = value
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """gzip ``data`` (for tests and the benchmark)."""
+    return gzip.compress(data, compresslevel=5)

@@ -1,0 +1,435 @@
+"""Request and response models of the management API (pydantic v2, strict, no extra keys).
+
+The ingestion body is not here: it is decoded by msgspec on the hot path (see ``ingest.py``);
+its JSON schema is produced from the msgspec structs for the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from .fields import FIELD_NAME_HELP, FIELD_NAME_RE, FIELD_TYPES, MEASUREMENT_HELP, MEASUREMENT_RE
+from .settings import parse_duration
+
+_HOST_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_\-]{0,61}[a-z0-9_])?$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,62}$")
+MAX_LABELS = 32
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def check_hostname(v: str) -> str:
+    """RFC 1123 host name (underscores tolerated), lower-cased."""
+    h = v.strip().lower().rstrip(".")
+    if not h or len(h) > 253 or not all(_HOST_LABEL.match(p) for p in h.split(".")):
+        raise ValueError(
+            "hostname must be 1-253 characters of dot-separated labels "
+            "(letters, digits, '-', '_'; no leading or trailing '-')"
+        )
+    return h
+
+
+def check_ip(v: str) -> str:
+    try:
+        return str(ipaddress.ip_address(v.strip()))
+    except ValueError:
+        raise ValueError(f"{v[:60]!r} is not an IPv4 or IPv6 address") from None
+
+
+def check_labels(v: dict[str, str]) -> dict[str, str]:
+    if len(v) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels")
+    for k, val in v.items():
+        if not _LABEL_KEY.match(k):
+            raise ValueError(f"label key {k[:60]!r}: 1-63 letters, digits, '_', '.', '-', '/'")
+        if len(val) > 256 or not val.isprintable():
+            raise ValueError(f"label {k!r}: value must be at most 256 printable characters")
+    return v
+
+
+Hostname = Annotated[
+    str, Field(max_length=253, examples=["web-01.example.com"]), AfterValidator(check_hostname)
+]
+IPAddress = Annotated[str, Field(max_length=45, examples=["192.0.2.10"]), AfterValidator(check_ip)]
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+
+
+class ServerCreate(Strict):
+    hostname: Hostname
+    ip_address: IPAddress
+    labels: Labels = Field(default_factory=dict, examples=[{"role": "web"}])
+    interval: int | None = Field(None, ge=1, le=86400, description="push interval in seconds")
+    description: str = Field("", max_length=2000)
+
+
+class LegacyRegister(Strict):
+    hostname: Hostname
+    ip_address: IPAddress
+
+
+class ServerUpdate(Strict):
+    labels: Labels | None = None
+    description: str | None = Field(None, max_length=2000)
+    interval: int | None = Field(None, ge=1, le=86400)
+
+
+class ServerPath(Strict):
+    model_config = ConfigDict(strict=False, extra="forbid")
+    server_id: int = Field(ge=1, le=2**31 - 1)
+
+
+class IdPath(Strict):
+    model_config = ConfigDict(strict=False, extra="forbid")
+    id: int = Field(ge=1, le=2**31 - 1)
+
+
+class TokenPath(Strict):
+    token_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+
+
+class ServerListQuery(Strict):
+    model_config = ConfigDict(strict=False, extra="forbid")
+    page: int = Field(1, ge=1, le=1_000_000)
+    per_page: int = Field(20, ge=1, le=100)
+    hostname: str | None = Field(None, max_length=253, description="substring of the hostname")
+    label: list[str] = Field(default_factory=list, description="key=value; repeat to AND")
+    status: Literal["online", "offline", "never_seen"] | None = None
+
+    @field_validator("label")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if "=" not in item:
+                raise ValueError(f"label filter {item[:60]!r} must be key=value")
+        return v
+
+
+class OverviewQuery(Strict):
+    model_config = ConfigDict(strict=False, extra="forbid")
+    page: int = Field(1, ge=1, le=1_000_000)
+    per_page: int = Field(100, ge=1, le=1000)
+
+
+class Agent(BaseModel):
+    version: str | None
+    uptime: int | None
+    heartbeat_at: datetime | None
+
+
+class ServerOut(BaseModel):
+    id: int
+    hostname: str
+    ip_address: str
+    description: str
+    labels: dict[str, str]
+    interval: int
+    enabled: bool
+    status: Literal["online", "offline", "never_seen"]
+    last_seen: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    agent: Agent
+
+
+class ServerCreated(ServerOut):
+    api_key: str = Field(description="the server's API key; shown only this once")
+
+
+class LegacyRegistered(BaseModel):
+    status: Literal["success"]
+    hostname: str
+    ip_address: str
+    api_key: str
+
+
+class Links(BaseModel):
+    self: str
+    first: str
+    last: str
+    prev: str | None
+    next: str | None
+
+
+class ServerPage(BaseModel):
+    items: list[ServerOut]
+    page: int
+    per_page: int
+    total: int
+    pages: int
+    links: Links
+
+
+class FieldCreate(Strict):
+    measurement: str = Field(max_length=64, examples=["cpu"])
+    name: str = Field(max_length=128, examples=["usage_percent"])
+    type: Literal["float", "int", "bool", "string"]
+    unit: str = Field("", max_length=32)
+    description: str = Field("", max_length=2000)
+    min: float | None = None
+    max: float | None = None
+    enabled: bool = True
+
+    @field_validator("measurement")
+    @classmethod
+    def _m(cls, v: str) -> str:
+        if not MEASUREMENT_RE.match(v):
+            raise ValueError(f"measurement: {MEASUREMENT_HELP}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _n(cls, v: str) -> str:
+        if not FIELD_NAME_RE.match(v):
+            raise ValueError(f"name: {FIELD_NAME_HELP}")
+        return v
+
+    @field_validator("min", "max", mode="before")
+    @classmethod
+    def _num(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FieldCreate:
+        check_bounds(self.type, self.min, self.max)
+        return self
+
+
+def check_bounds(ftype: str, lo: float | None, hi: float | None) -> None:
+    """min/max only for numbers, and min <= max."""
+    if ftype in ("bool", "string") and (lo is not None or hi is not None):
+        raise ValueError(f"min and max apply to numeric fields, not {ftype}")
+    for v in (lo, hi):
+        if v is not None and not math.isfinite(v):
+            raise ValueError("min and max must be finite numbers")
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"min ({lo:g}) is greater than max ({hi:g})")
+
+
+class FieldUpdate(Strict):
+    unit: str | None = Field(None, max_length=32)
+    description: str | None = Field(None, max_length=2000)
+    min: float | None = None
+    max: float | None = None
+    enabled: bool | None = None
+
+    @field_validator("min", "max", mode="before")
+    @classmethod
+    def _num(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        return v
+
+
+class FieldOut(BaseModel):
+    id: int
+    measurement: str
+    name: str
+    type: Literal["float", "int", "bool", "string"]
+    unit: str
+    description: str
+    min: float | None
+    max: float | None
+    enabled: bool
+    discovered: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class FieldList(BaseModel):
+    items: list[FieldOut]
+    total: int
+
+
+class FieldListQuery(Strict):
+    model_config = ConfigDict(strict=False, extra="forbid")
+    measurement: str | None = Field(None, max_length=64)
+    enabled: bool | None = None
+    discovered: bool | None = None
+
+
+class EnrollCreate(Strict):
+    name: str = Field("", max_length=200)
+    expires_in: str | int | None = Field(
+        None, description="lifetime: seconds or a duration such as 24h, 7d; none = no expiry"
+    )
+    max_uses: int | None = Field(None, ge=1, le=1_000_000)
+
+    @field_validator("expires_in")
+    @classmethod
+    def _dur(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            seconds = parse_duration(v)
+            if not 1 <= seconds <= 10 * 365 * 86400:
+                raise ValueError("expires_in must be between 1 second and 10 years")
+        return v
+
+
+class EnrollOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    max_uses: int | None
+    uses: int
+    revoked: bool
+    active: bool
+
+
+class EnrollCreated(EnrollOut):
+    token: str = Field(description="the enrollment token; shown only this once")
+
+
+class EnrollList(BaseModel):
+    items: list[EnrollOut]
+    total: int
+
+
+class MetricsQuery(Strict):
+    model_config = ConfigDict(strict=False, extra="forbid")
+    fields: str | None = Field(
+        None,
+        max_length=4000,
+        description="comma-separated measurement.field names (a bare name means system.<name>);"
+        " default every enabled field",
+    )
+    start: str = Field("-1h", max_length=64, description="RFC 3339, epoch seconds, or -1h style")
+    end: str = Field("now", max_length=64, description="RFC 3339, epoch seconds, now, or -5m")
+    step: str | None = Field(
+        None,
+        max_length=32,
+        description="bucket size, e.g. 10s, 5m; default"
+        " chosen so a series has at most about 1,000 points",
+    )
+    agg: Literal["mean", "min", "max", "last", "sum", "count"] = "mean"
+    tag: list[str] = Field(default_factory=list, description="key=value; keep only these series")
+
+
+class SeriesOut(BaseModel):
+    measurement: str
+    field: str
+    tags: dict[str, str]
+    unit: str
+    points: list[tuple[int, float | int | bool | str | None]] = Field(
+        description="[bucket start in epoch seconds, aggregated value]"
+    )
+
+
+class MetricsOut(BaseModel):
+    server_id: int
+    start: datetime
+    end: datetime
+    step: int = Field(description="bucket size in seconds")
+    agg: str
+    series: list[SeriesOut]
+
+
+class LatestItem(BaseModel):
+    measurement: str
+    field: str
+    tags: dict[str, str]
+    unit: str
+    value: float | int | bool | str | None
+    timestamp: datetime
+
+
+class LatestOut(BaseModel):
+    server_id: int
+    values: list[LatestItem]
+
+
+class OverviewItem(BaseModel):
+    id: int
+    hostname: str
+    status: Literal["online", "offline", "never_seen"]
+    enabled: bool
+    last_seen: datetime | None
+    labels: dict[str, str]
+    values: dict[str, float | int | bool | str | None]
+
+
+class OverviewPage(BaseModel):
+    items: list[OverviewItem]
+    page: int
+    per_page: int
+    total: int
+    pages: int
+    links: Links
+
+
+class AgentField(BaseModel):
+    measurement: str
+    name: str
+    type: str
+    unit: str
+    min: float | None
+    max: float | None
+
+
+class AgentConfig(BaseModel):
+    server_id: int
+    hostname: str
+    interval: int
+    fields: list[AgentField]
+
+
+class Heartbeat(Strict):
+    agent_version: str = Field(max_length=64)
+    uptime: int = Field(ge=0, le=2**62)
+
+
+class HeartbeatOut(BaseModel):
+    server_id: int
+    interval: int
+    config_etag: str
+
+
+class IngestResult(BaseModel):
+    accepted: int = Field(description="points stored")
+    rejected: int = Field(description="points refused (none of their values stored)")
+    dropped: int = Field(
+        description="values of unknown fields ignored (MONAPI_UNKNOWN_FIELDS=drop)"
+    )
+    errors: list[dict[str, Any]] = Field(description="up to 100: index, field, reason")
+    errors_truncated: bool
+
+
+class ErrorDetail(BaseModel):
+    location: str | None = None
+    reason: str | None = None
+    index: int | None = None
+    field: str | None = None
+
+
+class ErrorOut(BaseModel):
+    """The one error shape of every route."""
+
+    error: str = Field(description="what went wrong, in words")
+    code: str = Field(description="a stable machine-readable code")
+    status: int
+    request_id: str
+    details: list[dict[str, Any]] | None = None
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] | None = None
+
+
+FIELD_TYPE_CHOICES = FIELD_TYPES

@@ -1,0 +1,182 @@
+"""Settings: defaults, then ``MONAPI_*`` environment variables, then explicit overrides.
+
+Nothing here runs at import time; :func:`load_settings` is called by ``create_app`` and the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MONAPI_"
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DURATION_HELP = "a number of seconds or a duration such as 90s, 10m, 12h, 30d"
+
+
+def parse_duration(value: object) -> float:
+    """Turn ``"30d"``, ``"10m"``, ``"90"`` or a number into seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected {DURATION_HELP}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise ValueError(f"{value!r} is not {DURATION_HELP}")
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2) or "s"]
+    else:
+        raise ValueError(f"expected {DURATION_HELP}")
+    if seconds < 0:
+        raise ValueError(f"expected {DURATION_HELP} (not negative)")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class ConfigError(Exception):
+    """A setting is missing or has a value monapi cannot use; the message says how to fix it."""
+
+
+class Settings(BaseSettings):
+    """Every monapi setting. The environment variable is ``MONAPI_`` + the upper-case name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, case_sensitive=False
+    )
+
+    data_dir: Path = Field(
+        Path("data"), description="directory for the embedded databases and generated secrets"
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the configuration store; default sqlite:///DATA_DIR/monapi.db",
+    )
+    tsdb: Literal["sqlite"] = Field("sqlite", description="time-series backend: sqlite")
+    tsdb_path: Path | None = Field(
+        None, description="file of the embedded time-series store; default DATA_DIR/tsdb.sqlite3"
+    )
+    retention: Duration = Field(
+        30 * 86400, description=f"how long points are kept: {DURATION_HELP}"
+    )
+    retention_check_interval: Duration = Field(
+        3600, description=f"how often old points are pruned: {DURATION_HELP}"
+    )
+    unknown_fields: Literal["reject", "discover", "drop"] = Field(
+        "reject",
+        description="what to do with a field that is not configured: reject, discover, drop",
+    )
+    max_body_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="largest request body in bytes (as sent)"
+    )
+    max_decompressed_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="largest gzip request body in bytes once decompressed"
+    )
+    max_points_per_request: int = Field(
+        10_000, gt=0, description="most points accepted in one ingestion request"
+    )
+    timestamp_max_age: Duration = Field(
+        365 * 86400, description=f"oldest timestamp accepted: {DURATION_HELP}"
+    )
+    timestamp_max_future: Duration = Field(
+        600, description=f"furthest timestamp ahead of now accepted: {DURATION_HELP}"
+    )
+    default_interval: int = Field(
+        30, ge=1, le=86400, description="push interval in seconds given to new servers"
+    )
+    offline_after_intervals: float = Field(
+        3, gt=0, description="a server is offline after this many intervals without a push"
+    )
+    last_seen_flush: Duration = Field(
+        5, description=f"how often buffered last-seen times are written: {DURATION_HELP}"
+    )
+    key_pepper: SecretStr | None = Field(
+        None,
+        description="server-side secret mixed into API-key digests; default a generated file "
+        "DATA_DIR/key_pepper (set it explicitly when several instances share one database)",
+    )
+    secret_key: SecretStr | None = Field(
+        None, description="Flask secret key; default a generated file DATA_DIR/secret_key"
+    )
+    bind: str = Field("127.0.0.1:8000", description="address gunicorn listens on, host:port")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=64,
+        description="gunicorn worker processes; default the number of cores",
+    )
+    threads: int = Field(8, ge=1, le=256, description="threads per gunicorn worker")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="log level: DEBUG, INFO, WARNING, ERROR"
+    )
+    log_format: Literal["json", "text"] = Field("json", description="log format: json or text")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("bind")
+    @classmethod
+    def _check_bind(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected host:port, for example 127.0.0.1:8000")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
+            raise ValueError("expected sqlite:///PATH or postgresql://USER@HOST/DB")
+        return v
+
+    # Derived values -------------------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        """The configuration-store URL, defaulting to a SQLite file in the data directory."""
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
+            return url
+        return f"sqlite:///{(self.data_dir / 'monapi.db').resolve()}"
+
+    @property
+    def resolved_tsdb_path(self) -> Path:
+        """The embedded time-series file."""
+        return (self.tsdb_path or self.data_dir / "tsdb.sqlite3").resolve()
+
+
+def describe_field(name: str) -> str:
+    """What a setting accepts, from its description."""
+    info = Settings.model_fields.get(name)
+    return (info.description or "") if info else ""
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from the environment plus overrides, or ConfigError naming the variable."""
+    try:
+        return Settings(**dict(overrides or {}))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            env = ENV_PREFIX + name.upper()
+            given = err.get("input")
+            accepts = describe_field(name)
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(
+                f"{env}={given!r}: {msg}" + (f" (accepts {accepts})" if accepts else "")
+            )
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,115 @@
+"""The time-series store interface. Every backend implements :class:`TimeSeriesStore`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import Protocol
+
+import msgspec
+
+from ..settings import Settings
+
+AGGREGATIONS = ("mean", "min", "max", "last", "sum", "count")
+Value = float | int | bool | str
+Tags = tuple[tuple[str, str], ...]
+
+
+class Point(msgspec.Struct, gc=False):
+    """One validated point. ``tags`` are sorted pairs; ``ts`` is nanoseconds since the epoch."""
+
+    measurement: str
+    tags: Tags
+    ts: int
+    fields: dict[str, Value]
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Points of one server; the identity comes from the key, never from the points."""
+
+    server_id: int
+    hostname: str
+    points: list[Point]
+
+
+@dataclass(slots=True)
+class Series:
+    """A range-query answer for one (measurement, field, tags)."""
+
+    measurement: str
+    field: str
+    tags: dict[str, str]
+    points: list[tuple[int, Value]] = dc_field(default_factory=list)  # (bucket start ns, value)
+
+
+@dataclass(slots=True)
+class LatestValue:
+    measurement: str
+    field: str
+    tags: dict[str, str]
+    ts: int
+    value: Value
+
+
+class TimeSeriesStore(Protocol):
+    """What monapi needs from a time-series engine."""
+
+    name: str
+
+    def write(self, batches: Sequence[WriteBatch]) -> None:
+        """Store the points; return only once the engine has accepted them.
+
+        Raises StoreUnavailable (engine away; retry later) or StoreRejected (bad data)."""
+        ...
+
+    def query(
+        self,
+        server_id: int,
+        selectors: Sequence[tuple[str, str]],
+        start_ns: int,
+        end_ns: int,
+        step_ns: int,
+        agg: str,
+        tag_filter: dict[str, str] | None = None,
+    ) -> list[Series]:
+        """Series of (measurement, field) pairs in [start, end], one value per step bucket."""
+        ...
+
+    def latest(self, server_ids: Sequence[int]) -> dict[int, list[LatestValue]]:
+        """The newest value of every series of each server."""
+        ...
+
+    def delete_server(self, server_id: int) -> int:
+        """Delete every point of a server; returns how many series went."""
+        ...
+
+    def prune(self, before_ns: int) -> int:
+        """Delete points older than ``before_ns``; returns how many were removed."""
+        ...
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the engine answers."""
+        ...
+
+    def close(self) -> None: ...
+
+
+StoreFactory = Callable[[Settings], TimeSeriesStore]
+_REGISTRY: dict[str, StoreFactory] = {}
+
+
+def register(name: str, factory: StoreFactory) -> None:
+    """Make a backend choosable as ``MONAPI_TSDB=<name>``."""
+    _REGISTRY[name] = factory
+
+
+def create_store(settings: Settings) -> TimeSeriesStore:
+    """The configured backend."""
+    try:
+        factory = _REGISTRY[settings.tsdb]
+    except KeyError:
+        choices = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"MONAPI_TSDB={settings.tsdb!r} is not one of: {choices}") from None
+    return factory(settings)

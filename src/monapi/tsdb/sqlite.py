@@ -1,0 +1,452 @@
+"""Embedded time-series store: one SQLite file of its own, in WAL mode.
+
+Layout: ``series`` (one row per server, measurement, field and tag set), ``samples`` (series id,
+timestamp, value; clustered on the primary key, so a range read is one index walk) and ``latest``
+(the newest value of each series, kept up to date on write so overview pages do not scan).
+
+Writes use group commit: concurrent requests in a process hand their points to whichever of them
+is flushing, and all wait for the one transaction that holds their points. Across gunicorn
+worker processes, a ``flock`` serializes writers without SQLite's sleeping busy handler, which
+would otherwise add tens of milliseconds to unlucky requests.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreUnavailable
+from ..settings import Settings
+from .base import LatestValue, Series, Tags, Value, WriteBatch, register
+
+log = logging.getLogger("monapi.tsdb.sqlite")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    server_id INTEGER NOT NULL,
+    measurement TEXT NOT NULL,
+    field TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    UNIQUE (server_id, measurement, field, tags)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    series_id INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    value ANY,
+    PRIMARY KEY (series_id, ts)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest (
+    series_id INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    value ANY
+) STRICT;
+"""
+
+_AGG_SQL = {
+    "mean": "AVG(value)",
+    "min": "MIN(value)",
+    "max": "MAX(value)",
+    "sum": "SUM(value)",
+    "count": "COUNT(value)",
+}
+
+SeriesKey = tuple[int, str, Tags]
+
+
+def tags_to_text(tags: Tags) -> str:
+    """Canonical text of a sorted tag set (the series identity)."""
+    return json.dumps(dict(tags), separators=(",", ":"), sort_keys=True)
+
+
+class _Pending:
+    __slots__ = ("batches", "done", "error")
+
+    def __init__(self, batches: Sequence[WriteBatch]) -> None:
+        self.batches = batches
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class SQLiteStore:
+    """The embedded time-series store."""
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: Path,
+        retention_s: float,
+        prune_interval_s: float,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention_s = retention_s
+        self.prune_interval_s = prune_interval_s
+        self.busy_timeout_s = busy_timeout_s
+        self._lock_path = str(self.path) + ".writelock"
+        self._prune_lock_path = str(self.path) + ".prunelock"
+        self._cv = threading.Condition()
+        self._pending: list[_Pending] = []
+        self._flushing = False
+        self._writer: sqlite3.Connection | None = None
+        self._writer_pid = 0
+        self._sids: dict[tuple[int, str, Tags], dict[str, int]] = {}
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._pruner: threading.Thread | None = None
+        self._pruner_pid = 0
+        self._stop = threading.Event()
+        with self._connect() as conn, self._write_lock():
+            conn.executescript(SCHEMA)
+
+    # Connections ---------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-32000")
+            conn.execute("PRAGMA journal_size_limit=67108864")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"time-series store {self.path}: {exc}") from exc
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", 0) != os.getpid():
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    # Writes --------------------------------------------------------------------------------
+    def write(self, batches: Sequence[WriteBatch]) -> None:
+        self._ensure_pruner()
+        req = _Pending(batches)
+        with self._cv:
+            self._pending.append(req)
+            while not req.done:
+                if self._flushing:
+                    self._cv.wait()
+                    continue
+                # Become the flusher for everything queued so far, ours included.
+                self._flushing = True
+                group, self._pending = self._pending, []
+                self._cv.release()
+                try:
+                    self._flush_group(group)
+                finally:
+                    self._cv.acquire()
+                    self._flushing = False
+                    self._cv.notify_all()
+        if req.error is not None:
+            raise req.error
+
+    def _flush_group(self, group: list[_Pending]) -> None:
+        try:
+            self._flush([b for req in group for b in req.batches])
+        except sqlite3.Error as exc:
+            err: BaseException = StoreUnavailable(f"time-series store write failed: {exc}")
+            self._sids.clear()  # ids may be from a rolled-back transaction
+            log.error("time-series write failed: %s", exc)
+            for req in group:
+                req.error = err
+        except BaseException as exc:  # pragma: no cover - a bug; fail the waiters, not hang
+            for req in group:
+                req.error = exc
+            log.exception("time-series write crashed")
+        for req in group:
+            req.done = True
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        if self._writer is None or self._writer_pid != os.getpid():
+            self._writer = self._connect()
+            self._writer_pid = os.getpid()
+            self._sids = {}
+        return self._writer
+
+    def _flush(self, batches: Sequence[WriteBatch]) -> None:
+        conn = self._writer_conn()
+        sids = self._sids
+        rows: list[tuple[int, int, Value]] = []
+        misses: list[tuple[tuple[int, str, Tags], str, int, Value]] = []
+        for batch in batches:
+            server_id = batch.server_id
+            for p in batch.points:
+                base = (server_id, p.measurement, p.tags)
+                fmap = sids.get(base)
+                if fmap is None:
+                    fmap = sids[base] = {}
+                ts = p.ts
+                for name, value in p.fields.items():
+                    sid = fmap.get(name)
+                    if sid is None:
+                        misses.append((base, name, ts, value))
+                    else:
+                        rows.append((sid, ts, value))
+        with self._write_lock():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if misses:
+                    self._resolve(conn, {(b, n) for b, n, _, _ in misses})
+                    for base, name, ts, value in misses:
+                        rows.append((sids[base][name], ts, value))
+                latest: dict[int, tuple[int, Value]] = {}
+                for sid, ts, value in rows:
+                    cur = latest.get(sid)
+                    if cur is None or ts >= cur[0]:
+                        latest[sid] = (ts, value)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO samples (series_id, ts, value) VALUES (?, ?, ?)", rows
+                )
+                conn.executemany(
+                    "INSERT INTO latest (series_id, ts, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, "
+                    "value = excluded.value "
+                    "WHERE excluded.ts >= latest.ts",
+                    [(sid, ts, v) for sid, (ts, v) in latest.items()],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _resolve(
+        self, conn: sqlite3.Connection, keys: set[tuple[tuple[int, str, Tags], str]]
+    ) -> None:
+        """Find or create series ids for (server, measurement, tags) + field keys."""
+        params = [(b[0], b[1], n, tags_to_text(b[2])) for b, n in keys]
+        conn.executemany(
+            "INSERT OR IGNORE INTO series (server_id, measurement, field, tags) "
+            "VALUES (?, ?, ?, ?)",
+            params,
+        )
+        for (base, name), (server_id, meas, field, tags) in zip(keys, params, strict=True):
+            row = conn.execute(
+                "SELECT id FROM series WHERE server_id = ? AND measurement = ? AND field = ? "
+                "AND tags = ?",
+                (server_id, meas, field, tags),
+            ).fetchone()
+            self._sids.setdefault(base, {})[name] = int(row[0])
+
+    # Reads ---------------------------------------------------------------------------------
+    def _series(
+        self, conn: sqlite3.Connection, server_id: int, selectors: Sequence[tuple[str, str]]
+    ) -> list[tuple[int, str, str, dict[str, str]]]:
+        out = []
+        for meas, field in selectors:
+            for sid, tags in conn.execute(
+                "SELECT id, tags FROM series WHERE server_id = ? AND measurement = ? AND field = ?"
+                " ORDER BY tags",
+                (server_id, meas, field),
+            ):
+                out.append((int(sid), meas, field, json.loads(tags)))
+        return out
+
+    def query(
+        self,
+        server_id: int,
+        selectors: Sequence[tuple[str, str]],
+        start_ns: int,
+        end_ns: int,
+        step_ns: int,
+        agg: str,
+        tag_filter: dict[str, str] | None = None,
+    ) -> list[Series]:
+        try:
+            conn = self._reader()
+            result: list[Series] = []
+            for sid, meas, field, tags in self._series(conn, server_id, selectors):
+                if tag_filter and any(tags.get(k) != v for k, v in tag_filter.items()):
+                    continue
+                if agg == "last":
+                    sql = (
+                        "SELECT (ts / ?) * ? AS b, value, MAX(ts) FROM samples "
+                        "WHERE series_id = ? AND ts >= ? AND ts <= ? GROUP BY b ORDER BY b"
+                    )
+                else:
+                    sql = (
+                        f"SELECT (ts / ?) * ? AS b, {_AGG_SQL[agg]} FROM samples "
+                        "WHERE series_id = ? AND ts >= ? AND ts <= ? GROUP BY b ORDER BY b"
+                    )
+                rows = conn.execute(sql, (step_ns, step_ns, sid, start_ns, end_ns)).fetchall()
+                if rows:
+                    result.append(Series(meas, field, tags, [(int(r[0]), r[1]) for r in rows]))
+            return result
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"time-series store read failed: {exc}") from exc
+
+    def latest(self, server_ids: Sequence[int]) -> dict[int, list[LatestValue]]:
+        out: dict[int, list[LatestValue]] = {sid: [] for sid in server_ids}
+        if not server_ids:
+            return out
+        try:
+            conn = self._reader()
+            ids = list(server_ids)
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for server_id, meas, field, tags, ts, value in conn.execute(
+                    "SELECT s.server_id, s.measurement, s.field, s.tags, l.ts, l.value "
+                    "FROM series s JOIN latest l ON l.series_id = s.id "
+                    f"WHERE s.server_id IN ({marks})"
+                    " ORDER BY s.server_id, s.measurement, s.field, s.tags",
+                    chunk,
+                ):
+                    out[int(server_id)].append(
+                        LatestValue(meas, field, json.loads(tags), int(ts), value)
+                    )
+            return out
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"time-series store read failed: {exc}") from exc
+
+    # Maintenance ---------------------------------------------------------------------------
+    @contextmanager
+    def _exclusive_writer(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection, with no group flush running in this process meanwhile."""
+        with self._cv:
+            while self._flushing:
+                self._cv.wait()
+            self._flushing = True
+        try:
+            yield self._writer_conn()
+        finally:
+            with self._cv:
+                self._flushing = False
+                self._cv.notify_all()
+
+    def delete_server(self, server_id: int) -> int:
+        with self._exclusive_writer() as conn, self._write_lock():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [
+                    r[0]
+                    for r in conn.execute("SELECT id FROM series WHERE server_id = ?", (server_id,))
+                ]
+                conn.executemany("DELETE FROM samples WHERE series_id = ?", [(i,) for i in ids])
+                conn.executemany("DELETE FROM latest WHERE series_id = ?", [(i,) for i in ids])
+                conn.execute("DELETE FROM series WHERE server_id = ?", (server_id,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            for key in [k for k in self._sids if k[0] == server_id]:
+                del self._sids[key]
+            return len(ids)
+
+    def prune(self, before_ns: int) -> int:
+        """Delete samples older than ``before_ns``, one series at a time so writers keep going."""
+        conn = self._connect()
+        removed = 0
+        try:
+            ids = [r[0] for r in conn.execute("SELECT id FROM series")]
+            for sid in ids:
+                with self._write_lock():
+                    cur = conn.execute(
+                        "DELETE FROM samples WHERE series_id = ? AND ts < ?", (sid, before_ns)
+                    )
+                    removed += cur.rowcount
+            with self._write_lock():
+                conn.execute("DELETE FROM latest WHERE ts < ?", (before_ns,))
+        finally:
+            conn.close()
+        return removed
+
+    def prune_expired(self) -> int:
+        """Apply the retention setting once, unless another process is already doing it."""
+        fd = os.open(self._prune_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            cutoff = int((time.time() - self.retention_s) * 1e9)
+            removed = self.prune(cutoff)
+            if removed:
+                log.info(
+                    "retention: removed %d points older than %.0f s", removed, self.retention_s
+                )
+            return removed
+        finally:
+            os.close(fd)
+
+    def _ensure_pruner(self) -> None:
+        if self._pruner is not None and self._pruner_pid == os.getpid():
+            return
+        with self._readers_lock:
+            if self._pruner is not None and self._pruner_pid == os.getpid():
+                return
+            self._pruner_pid = os.getpid()
+            self._stop = threading.Event()
+            self._pruner = threading.Thread(
+                target=self._prune_loop, name="monapi-retention", daemon=True
+            )
+            self._pruner.start()
+
+    def _prune_loop(self) -> None:
+        while not self._stop.wait(self.prune_interval_s):
+            try:
+                self.prune_expired()
+            except Exception:
+                log.exception("retention pruning failed; will try again")
+
+    def ping(self) -> None:
+        try:
+            self._reader().execute("SELECT 1 FROM series LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"time-series store {self.path}: {exc}") from exc
+
+    def stats(self) -> dict[str, Any]:
+        conn = self._reader()
+        return {
+            "series": conn.execute("SELECT COUNT(*) FROM series").fetchone()[0],
+            "samples": conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0],
+        }
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        if self._writer is not None and self._writer_pid == os.getpid():
+            self._writer.close()
+            self._writer = None
+
+
+def _factory(settings: Settings) -> SQLiteStore:
+    return SQLiteStore(
+        settings.resolved_tsdb_path, settings.retention, settings.retention_check_interval
+    )
+
+
+register("sqlite", _factory)

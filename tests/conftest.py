@@ -1,0 +1,91 @@
+"""Fixtures: the real app from the factory on real SQLite files in a temporary directory."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from monapi import create_app
+from monapi.bootstrap import initialize
+from monapi.settings import load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never pick up MONAPI_* settings from the shell that runs them."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("MONAPI_"):
+            monkeypatch.delenv(name)
+
+
+def make_app(data_dir: Path, **overrides: Any) -> tuple[Flask, str]:
+    """A fresh app on its own data directory, and its first admin token."""
+    settings = {"data_dir": data_dir, "log_level": "WARNING", **overrides}
+    token = initialize(load_settings(settings))
+    assert token is not None
+    app = create_app({**settings, "TESTING": True})
+    return app, token
+
+
+@pytest.fixture
+def app_and_token(tmp_path: Path) -> Iterator[tuple[Flask, str]]:
+    app, token = make_app(tmp_path / "data")
+    yield app, token
+    app.extensions["monapi.tsdb"].close()
+    app.extensions["monapi.db"].dispose()
+
+
+@pytest.fixture
+def app(app_and_token: tuple[Flask, str]) -> Flask:
+    return app_and_token[0]
+
+
+@pytest.fixture
+def admin_token(app_and_token: tuple[Flask, str]) -> str:
+    return app_and_token[1]
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def register_server(
+    client: FlaskClient, token: str, hostname: str = "web-01", ip: str = "192.0.2.10", **extra: Any
+) -> dict[str, Any]:
+    """Register a server and return the reply (with its api_key)."""
+    resp = client.post(
+        "/api/v1/servers",
+        json={"hostname": hostname, "ip_address": ip, **extra},
+        headers=bearer(token),
+    )
+    assert resp.status_code == 201, resp.get_json()
+    body: dict[str, Any] = resp.get_json()
+    return body
+
+
+def push(client: FlaskClient, key: str, body: Any, *, gz: bool = False, **headers: str) -> Any:
+    data = json.dumps(body).encode()
+    hdrs = {**bearer(key), "Content-Type": "application/json", **headers}
+    if gz:
+        data = gzip.compress(data)
+        hdrs["Content-Encoding"] = "gzip"
+    return client.post("/api/v1/data", data=data, headers=hdrs)
