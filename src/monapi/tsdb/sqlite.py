@@ -105,6 +105,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._reader_gen = 0  # bumped by close(): every thread then opens a fresh connection
         self._pruner: threading.Thread | None = None
         self._pruner_pid = 0
         self._stop = threading.Event()
@@ -130,11 +131,16 @@ class SQLiteStore:
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", 0) != os.getpid():
+        if (
+            conn is None
+            or getattr(self._local, "pid", 0) != os.getpid()
+            or getattr(self._local, "gen", -1) != self._reader_gen
+        ):
             conn = self._connect()
             conn.execute("PRAGMA query_only=ON")
             self._local.conn = conn
             self._local.pid = os.getpid()
+            self._local.gen = self._reader_gen
             with self._readers_lock:
                 self._readers.append(conn)
         return conn
@@ -438,6 +444,7 @@ class SQLiteStore:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+            self._reader_gen += 1
         if self._writer is not None and self._writer_pid == os.getpid():
             self._writer.close()
             self._writer = None

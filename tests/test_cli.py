@@ -1,0 +1,68 @@
+"""The monapi command line, run in-process against a real data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from monapi import create_app
+from monapi.cli import main
+
+from .conftest import bearer, register_server
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> tuple[CliRunner, dict[str, str]]:
+    env = {"MONAPI_DATA_DIR": str(tmp_path / "d"), "MONAPI_LOG_LEVEL": "WARNING"}
+    return CliRunner(), env
+
+
+def run(cli: tuple[CliRunner, dict[str, str]], *args: str) -> str:
+    runner, env = cli
+    result = runner.invoke(main, list(args), env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_db_upgrade_then_tokens_and_listing(
+    cli: tuple[CliRunner, dict[str, str]], tmp_path: Path
+) -> None:
+    assert "schema at 0001" in run(cli, "db", "upgrade")
+    assert "schema at 0001" in run(cli, "db", "upgrade")  # idempotent
+    admin = run(cli, "admin", "create-token", "--name", "ops").strip()
+    assert admin.startswith("mka_")
+    enroll = run(cli, "enroll", "create", "--expires", "1h", "--max-uses", "2").strip()
+    assert enroll.startswith("mke_")
+    listing = run(cli, "enroll", "list")
+    token_id = enroll.split("_")[1]
+    assert token_id in listing and "True" in listing
+
+    app = create_app({"data_dir": tmp_path / "d", "log_level": "WARNING", "TESTING": True})
+    client = app.test_client()
+    assert client.get("/api/v1/servers", headers=bearer(admin)).status_code == 200
+    register_server(client, enroll, "from-cli")
+    assert "from-cli" in run(cli, "servers", "list")
+
+    assert f"revoked {token_id}" in run(cli, "enroll", "revoke", token_id)
+    resp = client.post(
+        "/api/v1/servers",
+        headers=bearer(enroll),
+        json={"hostname": "late", "ip_address": "192.0.2.5"},
+    )
+    assert resp.status_code == 401
+    app.extensions["monapi.tsdb"].close()
+
+
+def test_commands_fail_clearly(cli: tuple[CliRunner, dict[str, str]]) -> None:
+    runner, env = cli
+    result = runner.invoke(main, ["servers", "list"], env=env)
+    assert result.exit_code == 2 and "monapi db upgrade" in result.output
+    result = runner.invoke(main, ["db", "upgrade"], env={**env, "MONAPI_RETENTION": "x"})
+    assert result.exit_code == 2 and "MONAPI_RETENTION" in result.output
+    run(cli, "db", "upgrade")
+    result = runner.invoke(main, ["enroll", "create", "--expires", "soon"], env=env)
+    assert result.exit_code == 2 and "--expires" in result.output
+    result = runner.invoke(main, ["enroll", "revoke", "0123456789abcdef"], env=env)
+    assert result.exit_code == 2 and "not found" in result.output

@@ -1,0 +1,152 @@
+"""`monapi serve` for real: gunicorn, two worker processes, HTTP on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def call(
+    base: str, method: str, path: str, token: str | None = None, body: Any = None
+) -> tuple[int, Any, dict[str, str]]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None, dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else None, dict(exc.headers)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    data = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONAPI_")}
+    env.update(MONAPI_DATA_DIR=str(data), MONAPI_LOG_LEVEL="WARNING", MONAPI_LAST_SEEN_FLUSH="1")
+    out = data / "out.log"
+    with out.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "monapi.cli",
+                "serve",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+                "--threads",
+                "4",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if call(base, "GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("monapi serve did not answer: " + out.read_text())
+        text = out.read_text()
+        token = next(w for w in text.split() if w.startswith("mka_"))
+        yield {"base": base, "token": token, "proc": proc, "log": out, "data": data}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+
+
+def test_first_start_prints_the_admin_token_and_where_it_listens(served: dict[str, Any]) -> None:
+    text = served["log"].read_text()
+    assert "Admin token (shown only this once" in text
+    assert served["base"] in text
+    assert "Authorization: Bearer" in text
+
+
+def test_round_trip_over_http_across_workers(served: dict[str, Any]) -> None:
+    base, token = served["base"], served["token"]
+    status, body, _ = call(base, "POST", "/api/v1/enrollment-tokens", token, {"max_uses": 1})
+    assert status == 201
+    status, server, _ = call(
+        base,
+        "POST",
+        "/api/v1/servers",
+        body["token"],
+        {"hostname": "gw-1", "ip_address": "192.0.2.1"},
+    )
+    assert status == 201
+    key = server["api_key"]
+    now = int(time.time())
+    points = [{"timestamp": now - i, "fields": {"load1": float(i)}} for i in range(50)]
+    status, _, _ = call(base, "POST", "/api/v1/data", key, {"points": points})
+    assert status == 204
+    status, got, headers = call(
+        base,
+        "GET",
+        f"/api/v1/servers/{server['id']}/metrics?fields=load1&start=-5m&agg=count&step=5m",
+        key,
+    )
+    assert status == 200 and headers["X-Request-ID"]
+    assert sum(p[1] for p in got["series"][0]["points"]) == 50
+    # Disable the field; every following request, whichever worker takes it, refuses it.
+    _, fields, _ = call(base, "GET", "/api/v1/fields?measurement=system", token)
+    load1 = next(f for f in fields["items"] if f["name"] == "load1")
+    call(base, "PATCH", f"/api/v1/fields/{load1['id']}", token, {"enabled": False})
+    codes = {
+        call(base, "POST", "/api/v1/data", key, {"fields": {"load1": 1.0}})[0] for _ in range(20)
+    }
+    assert codes == {422}
+    # Rotate the key: the old one is refused by every worker at once.
+    call(base, "POST", f"/api/v1/servers/{server['id']}/rotate-key", token)
+    codes = {
+        call(base, "POST", "/api/v1/data", key, {"fields": {"load5": 1.0}})[0] for _ in range(20)
+    }
+    assert codes == {401}
+
+
+def test_openapi_and_offline_docs_are_served(served: dict[str, Any]) -> None:
+    base = served["base"]
+    status, spec, _ = call(base, "GET", "/api/v1/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.")
+    assert "/api/v1/data" in spec["paths"] and "/api/register_server" in spec["paths"]
+    with urllib.request.urlopen(base + "/api/v1/swagger", timeout=10) as resp:
+        page = resp.read().decode()
+    assert "swagger" in page.lower()
+    assert "https://" not in page and "http://" not in page.replace(base, "")  # no CDN
+
+
+def test_sigterm_stops_cleanly(served: dict[str, Any]) -> None:
+    proc = served["proc"]
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(30) == 0

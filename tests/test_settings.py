@@ -1,0 +1,77 @@
+"""Settings from MONAPI_* variables, validated at start-up with messages saying how to fix them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monapi import create_app
+from monapi.settings import ConfigError, load_settings, parse_duration
+
+
+def test_defaults(tmp_path: Path) -> None:
+    s = load_settings({"data_dir": tmp_path})
+    assert s.tsdb == "sqlite" and s.unknown_fields == "reject"
+    assert s.retention == 30 * 86400
+    assert s.timestamp_max_age == 365 * 86400 and s.timestamp_max_future == 600
+    assert s.resolved_database_url == f"sqlite:///{(tmp_path / 'monapi.db').resolve()}"
+    assert s.resolved_tsdb_path == (tmp_path / "tsdb.sqlite3").resolve()
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MONAPI_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MONAPI_RETENTION", "7d")
+    monkeypatch.setenv("MONAPI_UNKNOWN_FIELDS", "discover")
+    monkeypatch.setenv("MONAPI_DATABASE_URL", "postgresql://monapi@127.0.0.1/monapi")
+    s = load_settings()
+    assert s.data_dir == tmp_path and s.retention == 7 * 86400 and s.unknown_fields == "discover"
+    assert s.resolved_database_url.startswith("postgresql+psycopg://")
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "hint"),
+    [
+        ("MONAPI_RETENTION", "forever", "duration such as"),
+        ("MONAPI_UNKNOWN_FIELDS", "maybe", "reject, discover, drop"),
+        ("MONAPI_TSDB", "mongodb", "sqlite"),
+        ("MONAPI_WORKERS", "0", "worker processes"),
+        ("MONAPI_BIND", "8000", "host:port"),
+        ("MONAPI_DATABASE_URL", "mysql://x", "postgresql://"),
+        ("MONAPI_MAX_BODY_BYTES", "-5", "largest request body"),
+    ],
+)
+def test_bad_value_names_the_variable_and_what_it_accepts(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, hint: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert var in str(exc.value) and hint in str(exc.value)
+    with pytest.raises(ConfigError):
+        create_app()
+
+
+def test_durations() -> None:
+    assert parse_duration("90") == 90 and parse_duration("10m") == 600
+    assert parse_duration("1.5h") == 5400 and parse_duration(30) == 30
+    for bad in ("", "ten", "-5s", "5y", True):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_app_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="monapi db upgrade"):
+        create_app({"data_dir": tmp_path})
+
+
+def test_importing_reads_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing the package, the app module or the WSGI module touches no setting."""
+    import importlib
+    import sys
+
+    monkeypatch.setenv("MONAPI_RETENTION", "not a duration")
+    for name in [m for m in sys.modules if m == "monapi" or m.startswith("monapi.")]:
+        monkeypatch.delitem(sys.modules, name)
+    for mod in ("monapi", "monapi.app", "monapi.wsgi", "monapi.cli"):
+        importlib.import_module(mod)
