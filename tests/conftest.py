@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from monapi import create_app
+from monapi.app import shutdown
 from monapi.bootstrap import initialize
 from monapi.settings import load_settings
 
@@ -27,21 +28,31 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+_created: list[Flask] = []
+
+
+@pytest.fixture(autouse=True)
+def _shutdown_apps() -> Iterator[None]:
+    """Every app a test made is shut down after it: buffers written, connections closed."""
+    yield
+    while _created:
+        shutdown(_created.pop())
+
+
 def make_app(data_dir: Path, **overrides: Any) -> tuple[Flask, str]:
     """A fresh app on its own data directory, and its first admin token."""
     settings = {"data_dir": data_dir, "log_level": "WARNING", **overrides}
     token = initialize(load_settings(settings))
     assert token is not None
     app = create_app({**settings, "TESTING": True})
+    _created.append(app)
     return app, token
 
 
 @pytest.fixture
-def app_and_token(tmp_path: Path) -> Iterator[tuple[Flask, str]]:
+def app_and_token(tmp_path: Path) -> tuple[Flask, str]:
     app, token = make_app(tmp_path / "data")
-    yield app, token
-    app.extensions["monapi.tsdb"].close()
-    app.extensions["monapi.db"].dispose()
+    return app, token
 
 
 @pytest.fixture

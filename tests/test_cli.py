@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from monapi import create_app
+from monapi.app import shutdown
 from monapi.cli import main
 
 from .conftest import bearer, register_server
@@ -52,7 +53,7 @@ def test_db_upgrade_then_tokens_and_listing(
         json={"hostname": "late", "ip_address": "192.0.2.5"},
     )
     assert resp.status_code == 401
-    app.extensions["monapi.tsdb"].close()
+    shutdown(app)
 
 
 def test_commands_fail_clearly(cli: tuple[CliRunner, dict[str, str]]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from flask.testing import FlaskClient
 
 from monapi import create_app
+from monapi.app import shutdown
 from monapi.fields import DEFAULT_FIELDS
 
 from .conftest import bearer, make_app, push, register_server
@@ -125,5 +126,4 @@ def test_change_in_one_worker_is_seen_by_another(tmp_path: Path) -> None:
     c1.post("/api/v1/servers/1/rotate-key", headers=bearer(token))
     assert push(c2, key, {"fields": {"load5": 1.0}}).status_code == 401
     for a in (app1, app2):
-        a.extensions["monapi.tsdb"].close()
-        a.extensions["monapi.db"].dispose()
+        shutdown(a)

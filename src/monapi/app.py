@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import secrets
@@ -19,7 +20,7 @@ from . import __version__, auth, cache, db, fields
 from .api import health
 from .api.v1 import agent, data, enrollment, metrics, servers
 from .api.v1 import fields as fields_api
-from .errors import register_error_handlers, request_id, validation_error_callback
+from .errors import ApiError, register_error_handlers, request_id, validation_error_callback
 from .logs import configure_logging
 from .settings import ConfigError, Settings, load_settings
 from .tsdb import create_store
@@ -121,6 +122,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     ):
         app.register_api(bp)
     auth.check_rules_cover(app, public=set())
+    _refuse_json_string_bodies(app)
     _install_request_logging(app)
     if settings.database_url and settings.key_pepper is None:
         log.warning(
@@ -138,6 +140,29 @@ def _check_schema(database: db.Database) -> None:
             f"the configuration store is at schema {current or 'none'}, this monapi needs {head}: "
             "run 'monapi db upgrade' (or 'monapi serve', which does it)"
         )
+
+
+def _refuse_json_string_bodies(app: Flask) -> None:
+    """Every request body of this API is a JSON object. flask-openapi3 decodes a body that is a
+    JSON *string* a second time, as JSON, so '"{\\"hostname\\": ...}"' would pass: refuse it."""
+    with_body_model = frozenset(
+        endpoint
+        for endpoint, view in app.view_functions.items()
+        if "body" in inspect.signature(view).parameters
+    )
+
+    @app.before_request
+    def _json_string_body() -> None:
+        if (
+            request.endpoint in with_body_model
+            and request.is_json
+            and isinstance(request.get_json(silent=True), str)
+        ):
+            raise ApiError(
+                422,
+                "invalid request: body: the body must be a JSON object, not a string",
+                details=[{"location": "body", "reason": "Input should be an object"}],
+            )
 
 
 def _install_request_logging(app: Flask) -> None:
@@ -166,3 +191,10 @@ def _install_request_logging(app: Flask) -> None:
                 },
             )
         return resp
+
+
+def shutdown(app: Flask) -> None:
+    """Write what is buffered and close every store of the app (worker exit, tests)."""
+    app.extensions["monapi.cache"].close()
+    app.extensions["monapi.tsdb"].close()
+    app.extensions["monapi.db"].dispose()

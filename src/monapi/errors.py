@@ -16,7 +16,7 @@ import re
 import uuid
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as ResponseBase
@@ -130,6 +130,15 @@ def _pydantic_details(exc: ValidationError) -> list[dict[str, Any]]:
     return details
 
 
+def _is_json(data: bytes) -> bool:
+    """Whether ``data`` parses as JSON (``null`` included, which get_json cannot tell apart)."""
+    try:
+        current_app.json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
 def validation_error_callback(exc: ValidationError) -> Response:
     """flask-openapi3 hook: request validation failures in the shared error shape."""
     if request.method in ("POST", "PUT", "PATCH") and request.content_length:
@@ -138,7 +147,7 @@ def validation_error_callback(exc: ValidationError) -> Response:
             return error_response(
                 415, f"expected Content-Type: application/json, got {mimetype or 'none'!r}"
             )
-        if request.get_json(silent=True) is None:
+        if not _is_json(request.get_data(cache=True)):
             return error_response(400, "request body is not valid JSON", code="invalid_json")
     details = _pydantic_details(exc)
     where = details[0]["location"] if details else "request"

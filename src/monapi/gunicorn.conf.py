@@ -32,7 +32,8 @@ preload_app = False  # each worker builds its own app: no connections cross a fo
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """Write buffered last-seen times before the worker goes."""
     import monapi.wsgi as w
+    from monapi.app import shutdown
 
     app = w.__dict__.get("_app")
     if app is not None:
-        app.extensions["monapi.cache"].close()
+        shutdown(app)

@@ -270,7 +270,7 @@ class Validator:
                     continue
                 meas, raw_fields, raw_ts, raw_tags = shaped
             before = res.error_count
-            if not MEASUREMENT_RE.match(meas):
+            if not MEASUREMENT_RE.fullmatch(meas):
                 res.error(
                     i, None, f"measurement {meas[:80]!r} is not a valid name ({MEASUREMENT_HELP})"
                 )
@@ -346,7 +346,7 @@ class Validator:
         good = self._good_tag_keys
         for k, v in raw.items():
             if k not in good:
-                if not TAG_KEY_RE.match(k):
+                if not TAG_KEY_RE.fullmatch(k):
                     res.error(i, None, f"tag key {k[:80]!r} is not valid (letters, digits, _ . -)")
                     continue
                 if k in RESERVED_TAGS:
@@ -373,7 +373,7 @@ class Validator:
             res.error(i, name, f"unknown field {meas}.{name} (not in the field configuration)")
             return
         # discover
-        if not FIELD_NAME_RE.match(name):
+        if not FIELD_NAME_RE.fullmatch(name):
             res.error(i, name, f"field name {name[:80]!r} is not valid ({FIELD_NAME_HELP})")
             return
         ftype = infer_type(value)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import sys
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -24,9 +27,17 @@ from pydantic import (
 from .fields import FIELD_NAME_HELP, FIELD_NAME_RE, FIELD_TYPES, MEASUREMENT_HELP, MEASUREMENT_RE
 from .settings import parse_duration
 
-_HOST_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_\-]{0,61}[a-z0-9_])?$")
+# Patterns are written so that Python (with fullmatch) and JSON Schema (ECMA) read them alike;
+# the same text goes into the OpenAPI document.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?")
+_ASCII_SPACE = "\t\n\v\f\r "
+_SPACE = r"[\t\n\v\f\r ]*"
+HOSTNAME_PATTERN = rf"^{_SPACE}{_HOST_LABEL.pattern}(?:\.{_HOST_LABEL.pattern})*\.*{_SPACE}$"
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,62}$")
+# Label values: no control characters (C0, DEL, C1) and no line or paragraph separators.
+_LABEL_VALUE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")
 MAX_LABELS = 32
+MAX_LABEL_VALUE = 256
 
 
 class Strict(BaseModel):
@@ -34,14 +45,15 @@ class Strict(BaseModel):
 
 
 def check_hostname(v: str) -> str:
-    """RFC 1123 host name (underscores tolerated), lower-cased."""
-    h = v.strip().lower().rstrip(".")
-    if not h or len(h) > 253 or not all(_HOST_LABEL.match(p) for p in h.split(".")):
+    """RFC 1123 host name (underscores tolerated), lower-cased; surrounding ASCII white space
+    and trailing dots are dropped. Exactly what ``HOSTNAME_PATTERN`` describes."""
+    h = v.strip(_ASCII_SPACE).rstrip(".")
+    if not h or len(h) > 253 or not all(_HOST_LABEL.fullmatch(p) for p in h.split(".")):
         raise ValueError(
             "hostname must be 1-253 characters of dot-separated labels "
             "(letters, digits, '-', '_'; no leading or trailing '-')"
         )
-    return h
+    return h.lower()
 
 
 def check_ip(v: str) -> str:
@@ -55,25 +67,88 @@ def check_labels(v: dict[str, str]) -> dict[str, str]:
     if len(v) > MAX_LABELS:
         raise ValueError(f"at most {MAX_LABELS} labels")
     for k, val in v.items():
-        if not _LABEL_KEY.match(k):
+        if not _LABEL_KEY.fullmatch(k):
             raise ValueError(f"label key {k[:60]!r}: 1-63 letters, digits, '_', '.', '-', '/'")
-        if len(val) > 256 or not val.isprintable():
-            raise ValueError(f"label {k!r}: value must be at most 256 printable characters")
+        if len(val) > MAX_LABEL_VALUE or not _LABEL_VALUE.fullmatch(val):
+            raise ValueError(
+                f"label {k!r}: value must be at most {MAX_LABEL_VALUE} characters"
+                " without control characters"
+            )
     return v
 
 
-Hostname = Annotated[
-    str, Field(max_length=253, examples=["web-01.example.com"]), AfterValidator(check_hostname)
+def _integral(v: Any) -> Any:
+    """JSON has one number type: 30.0 is the integer 30 (JSON Schema agrees); 30.5 is not."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def _as_float(v: Any) -> Any:
+    """Integers are numbers too, as long as a float can hold them."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        try:
+            return float(v)
+        except OverflowError:
+            raise ValueError("number out of the range of a 64-bit float") from None
+    return v
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+"""An integer as JSON Schema means it: 30 and 30.0, never 30.5, "30" or true."""
+Bound = Annotated[
+    float,
+    BeforeValidator(_as_float),
+    Field(ge=-sys.float_info.max, le=sys.float_info.max),
 ]
-IPAddress = Annotated[str, Field(max_length=45, examples=["192.0.2.10"]), AfterValidator(check_ip)]
-Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+"""A finite number (an integer is converted)."""
+
+
+Hostname = Annotated[
+    str,
+    Field(
+        max_length=253,
+        examples=["web-01.example.com"],
+        json_schema_extra={"pattern": HOSTNAME_PATTERN},
+        description="host name, stored lower-cased without surrounding white space"
+        " or trailing dots",
+    ),
+    AfterValidator(check_hostname),
+]
+IPAddress = Annotated[
+    str,
+    Field(
+        max_length=45,
+        examples=["192.0.2.10"],
+        json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+    ),
+    AfterValidator(check_ip),
+]
+Labels = Annotated[
+    dict[str, str],
+    AfterValidator(check_labels),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": MAX_LABELS,
+            "propertyNames": {"pattern": _LABEL_KEY.pattern},
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": MAX_LABEL_VALUE,
+                "pattern": _LABEL_VALUE.pattern,
+            },
+        }
+    ),
+]
+KeyValue = Annotated[str, WithJsonSchema({"type": "string", "pattern": "="})]
+"""A key=value filter (checked by the model, so that the message says so)."""
 
 
 class ServerCreate(Strict):
     hostname: Hostname
     ip_address: IPAddress
     labels: Labels = Field(default_factory=dict, examples=[{"role": "web"}])
-    interval: int | None = Field(None, ge=1, le=86400, description="push interval in seconds")
+    interval: JsonInt | None = Field(None, ge=1, le=86400, description="push interval in seconds")
     description: str = Field("", max_length=2000)
 
 
@@ -85,7 +160,7 @@ class LegacyRegister(Strict):
 class ServerUpdate(Strict):
     labels: Labels | None = None
     description: str | None = Field(None, max_length=2000)
-    interval: int | None = Field(None, ge=1, le=86400)
+    interval: JsonInt | None = Field(None, ge=1, le=86400)
 
 
 class ServerPath(Strict):
@@ -107,7 +182,7 @@ class ServerListQuery(Strict):
     page: int = Field(1, ge=1, le=1_000_000)
     per_page: int = Field(20, ge=1, le=100)
     hostname: str | None = Field(None, max_length=253, description="substring of the hostname")
-    label: list[str] = Field(default_factory=list, description="key=value; repeat to AND")
+    label: list[KeyValue] = Field(default_factory=list, description="key=value; repeat to AND")
     status: Literal["online", "offline", "never_seen"] | None = None
 
     @field_validator("label")
@@ -175,34 +250,33 @@ class ServerPage(BaseModel):
 
 
 class FieldCreate(Strict):
-    measurement: str = Field(max_length=64, examples=["cpu"])
-    name: str = Field(max_length=128, examples=["usage_percent"])
+    measurement: str = Field(
+        max_length=64, examples=["cpu"], json_schema_extra={"pattern": MEASUREMENT_RE.pattern}
+    )
+    name: str = Field(
+        max_length=128,
+        examples=["usage_percent"],
+        json_schema_extra={"pattern": FIELD_NAME_RE.pattern},
+    )
     type: Literal["float", "int", "bool", "string"]
     unit: str = Field("", max_length=32)
     description: str = Field("", max_length=2000)
-    min: float | None = None
-    max: float | None = None
+    min: Bound | None = Field(None, description="numeric fields only; at most max")
+    max: Bound | None = Field(None, description="numeric fields only; at least min")
     enabled: bool = True
 
     @field_validator("measurement")
     @classmethod
     def _m(cls, v: str) -> str:
-        if not MEASUREMENT_RE.match(v):
+        if not MEASUREMENT_RE.fullmatch(v):
             raise ValueError(f"measurement: {MEASUREMENT_HELP}")
         return v
 
     @field_validator("name")
     @classmethod
     def _n(cls, v: str) -> str:
-        if not FIELD_NAME_RE.match(v):
+        if not FIELD_NAME_RE.fullmatch(v):
             raise ValueError(f"name: {FIELD_NAME_HELP}")
-        return v
-
-    @field_validator("min", "max", mode="before")
-    @classmethod
-    def _num(cls, v: Any) -> Any:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
         return v
 
     @model_validator(mode="after")
@@ -225,16 +299,9 @@ def check_bounds(ftype: str, lo: float | None, hi: float | None) -> None:
 class FieldUpdate(Strict):
     unit: str | None = Field(None, max_length=32)
     description: str | None = Field(None, max_length=2000)
-    min: float | None = None
-    max: float | None = None
+    min: Bound | None = Field(None, description="numeric fields only; at most max")
+    max: Bound | None = Field(None, description="numeric fields only; at least min")
     enabled: bool | None = None
-
-    @field_validator("min", "max", mode="before")
-    @classmethod
-    def _num(cls, v: Any) -> Any:
-        if isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
-        return v
 
 
 class FieldOut(BaseModel):
@@ -266,10 +333,10 @@ class FieldListQuery(Strict):
 
 class EnrollCreate(Strict):
     name: str = Field("", max_length=200)
-    expires_in: str | int | None = Field(
+    expires_in: str | JsonInt | None = Field(
         None, description="lifetime: seconds or a duration such as 24h, 7d; none = no expiry"
     )
-    max_uses: int | None = Field(None, ge=1, le=1_000_000)
+    max_uses: JsonInt | None = Field(None, ge=1, le=1_000_000)
 
     @field_validator("expires_in")
     @classmethod
@@ -318,7 +385,9 @@ class MetricsQuery(Strict):
         " chosen so a series has at most about 1,000 points",
     )
     agg: Literal["mean", "min", "max", "last", "sum", "count"] = "mean"
-    tag: list[str] = Field(default_factory=list, description="key=value; keep only these series")
+    tag: list[KeyValue] = Field(
+        default_factory=list, description="key=value; keep only these series"
+    )
 
 
 class SeriesOut(BaseModel):
@@ -391,7 +460,7 @@ class AgentConfig(BaseModel):
 
 class Heartbeat(Strict):
     agent_version: str = Field(max_length=64)
-    uptime: int = Field(ge=0, le=2**62)
+    uptime: JsonInt = Field(ge=0, le=2**62)
 
 
 class HeartbeatOut(BaseModel):

@@ -12,7 +12,15 @@ from ...auth import SERVER, requires
 from ...cache import get_coordinator
 from ...errors import ApiError
 from ...fields import FIELD_NAME_RE, MEASUREMENT_RE, get_registry
-from ...ingest import MAX_TAGS, ValidationResult, Validator, decode_points, read_body
+from ...ingest import (
+    MAX_TAGS,
+    RESERVED_TAGS,
+    TAG_KEY_RE,
+    ValidationResult,
+    Validator,
+    decode_points,
+    read_body,
+)
 from ...schemas import IngestResult
 from ...settings import Settings
 from ...tsdb import TimeSeriesStore, WriteBatch
@@ -35,6 +43,10 @@ _POINT = {
         "tags": {
             "type": "object",
             "maxProperties": MAX_TAGS,
+            "propertyNames": {
+                "pattern": TAG_KEY_RE.pattern,
+                "not": {"enum": list(RESERVED_TAGS)},
+            },
             "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 256},
         },
         "fields": {

@@ -1,0 +1,125 @@
+"""The configuration store: migrations match the models, and the same code runs on PostgreSQL.
+
+PostgreSQL runs on this machine at 127.0.0.1:5432 (trust auth). Each test session gets a fresh
+database of its own, dropped at the end; the shared server itself is never reconfigured.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from monapi.app import shutdown
+from monapi.db import Database
+from monapi.models import Base
+
+from .conftest import bearer, make_app, push, register_server
+
+PG_ADMIN_URL = os.environ.get(
+    "MONAPI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    import psycopg
+
+    name = f"monapi_test_{uuid.uuid4().hex[:10]}"
+    dsn = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _no_drift(url: str) -> None:
+    db = Database(url)
+    try:
+        db.upgrade()
+        with db.engine.connect() as conn:
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            )
+        assert diff == [], diff
+        assert db.current_revision() == db.head_revision()
+    finally:
+        db.dispose()
+
+
+def test_sqlite_schema_matches_the_models(tmp_path: Path) -> None:
+    _no_drift(f"sqlite:///{tmp_path / 'c.db'}")
+
+
+def test_postgresql_schema_matches_the_models(pg_url: str) -> None:
+    _no_drift(pg_url)
+
+
+def test_the_core_runs_unchanged_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    app, token = make_app(tmp_path / "d", database_url=pg_url.replace("+psycopg", ""))
+    client = app.test_client()
+    try:
+        enroll = client.post(
+            "/api/v1/enrollment-tokens", json={"max_uses": 1}, headers=bearer(token)
+        ).get_json()["token"]
+        server = register_server(client, enroll, "pg-host", labels={"db": "pg"})
+        assert (
+            client.post(
+                "/api/v1/servers",
+                headers=bearer(enroll),
+                json={"hostname": "pg-2", "ip_address": "192.0.2.3"},
+            ).status_code
+            == 401
+        )  # used up
+        assert (
+            client.post(
+                "/api/v1/servers",
+                headers=bearer(token),
+                json={"hostname": "PG-HOST", "ip_address": "192.0.2.3"},
+            ).status_code
+            == 409
+        )
+        now = int(time.time())
+        body = {"points": [{"timestamp": now - i, "fields": {"load1": 1.0 + i}} for i in range(3)]}
+        assert push(client, server["api_key"], body).status_code == 204
+        listed = client.get(
+            "/api/v1/servers?status=online&label=db=pg&hostname=pg", headers=bearer(token)
+        ).get_json()
+        assert [s["hostname"] for s in listed["items"]] == ["pg-host"]
+        f = client.post(
+            "/api/v1/fields",
+            headers=bearer(token),
+            json={"measurement": "pg", "name": "conns", "type": "int", "max": 10},
+        ).get_json()
+        assert (
+            push(
+                client, server["api_key"], {"measurement": "pg", "fields": {"conns": 11}}
+            ).status_code
+            == 422
+        )
+        client.patch(f"/api/v1/fields/{f['id']}", headers=bearer(token), json={"max": 100})
+        assert (
+            push(
+                client, server["api_key"], {"measurement": "pg", "fields": {"conns": 11}}
+            ).status_code
+            == 204
+        )
+        rotated = client.post(
+            f"/api/v1/servers/{server['id']}/rotate-key", headers=bearer(token)
+        ).get_json()["api_key"]
+        assert push(client, server["api_key"], {"fields": {"load1": 1.0}}).status_code == 401
+        assert push(client, rotated, {"fields": {"load1": 1.0}}).status_code == 204
+        assert (
+            client.delete(f"/api/v1/servers/{server['id']}", headers=bearer(token)).status_code
+            == 204
+        )
+        assert client.get("/readyz").status_code == 200
+    finally:
+        shutdown(app)
