@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 
@@ -144,6 +146,11 @@ def test_openapi_and_offline_docs_are_served(served: dict[str, Any]) -> None:
         page = resp.read().decode()
     assert "swagger" in page.lower()
     assert "https://" not in page and "http://" not in page.replace(base, "")  # no CDN
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
+    for asset in assets:  # every script, style and image comes from monapi itself
+        with urllib.request.urlopen(urljoin(base + "/api/v1/swagger", asset), timeout=10) as r:
+            assert r.status == 200 and len(r.read()) > 100, asset
 
 
 def test_sigterm_stops_cleanly(served: dict[str, Any]) -> None:
