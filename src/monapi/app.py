@@ -14,10 +14,12 @@ from typing import Any
 import msgspec
 from flask import Flask, Response, g, request
 from flask.json.provider import DefaultJSONProvider
-from flask_openapi3 import Info, OpenAPI
+from flask_openapi3 import Info
+from werkzeug.routing import IntegerConverter
 
 from . import __version__, auth, cache, db, fields
 from .api import health
+from .api.spec import MonapiOpenAPI
 from .api.v1 import agent, data, enrollment, metrics, servers
 from .api.v1 import fields as fields_api
 from .errors import ApiError, register_error_handlers, request_id, validation_error_callback
@@ -36,6 +38,13 @@ class MsgspecJSONProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return msgspec.json.decode(s)
+
+
+class AsciiIntegerConverter(IntegerConverter):
+    """``<int:...>`` with ASCII digits only. werkzeug's regex, ``\\d+``, also matches the digits
+    of other scripts, which int() reads: /servers/<ARABIC-INDIC DIGIT ONE> was server 1."""
+
+    regex = r"[0-9]+"
 
 
 def secret_from_file(path: Path) -> bytes:
@@ -78,7 +87,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     configure_logging(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
-    app = OpenAPI(
+    app = MonapiOpenAPI(
         "monapi",
         info=Info(
             title="monapi",
@@ -93,6 +102,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         validation_error_callback=validation_error_callback,
     )
     app.json = MsgspecJSONProvider(app)
+    app.url_map.converters["int"] = AsciiIntegerConverter  # before any route is added
     secret_key = (
         settings.secret_key.get_secret_value()
         if settings.secret_key is not None

@@ -1,7 +1,7 @@
 """Request and response models of the management API (pydantic v2, strict, no extra keys).
 
 The ingestion body is not here: it is decoded by msgspec on the hot path (see ``ingest.py``);
-its JSON schema is produced from the msgspec structs for the OpenAPI document.
+its JSON schema for the OpenAPI document is written by hand in ``api/v1/data.py``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-import sys
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -89,19 +88,19 @@ def _as_float(v: Any) -> Any:
     if isinstance(v, int) and not isinstance(v, bool):
         try:
             return float(v)
-        except OverflowError:
+        except OverflowError:  # JSON integers have no bound
             raise ValueError("number out of the range of a 64-bit float") from None
     return v
 
 
+# Constraints go before the validator, so that the JSON schema shows them as minimum/maximum.
 JsonInt = Annotated[int, BeforeValidator(_integral)]
 """An integer as JSON Schema means it: 30 and 30.0, never 30.5, "30" or true."""
-Bound = Annotated[
-    float,
-    BeforeValidator(_as_float),
-    Field(ge=-sys.float_info.max, le=sys.float_info.max),
-]
-"""A finite number (an integer is converted)."""
+Interval = Annotated[int, Field(ge=1, le=86400), BeforeValidator(_integral)]
+MaxUses = Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(_integral)]
+Bound = Annotated[float, BeforeValidator(_as_float)]
+"""A number (an integer is converted). No minimum/maximum in the schema: its decimal text would
+not be the float limit exactly, so the document and the check would disagree at the edge."""
 
 
 Hostname = Annotated[
@@ -148,7 +147,7 @@ class ServerCreate(Strict):
     hostname: Hostname
     ip_address: IPAddress
     labels: Labels = Field(default_factory=dict, examples=[{"role": "web"}])
-    interval: JsonInt | None = Field(None, ge=1, le=86400, description="push interval in seconds")
+    interval: Interval | None = Field(None, description="push interval in seconds")
     description: str = Field("", max_length=2000)
 
 
@@ -160,7 +159,7 @@ class LegacyRegister(Strict):
 class ServerUpdate(Strict):
     labels: Labels | None = None
     description: str | None = Field(None, max_length=2000)
-    interval: JsonInt | None = Field(None, ge=1, le=86400)
+    interval: Interval | None = None
 
 
 class ServerPath(Strict):
@@ -331,12 +330,18 @@ class FieldListQuery(Strict):
     discovered: bool | None = None
 
 
+DurationText = Annotated[
+    str, Field(json_schema_extra={"pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d|w)?\s*$"})
+]
+ExpirySeconds = Annotated[int, Field(ge=1, le=10 * 365 * 86400), BeforeValidator(_integral)]
+
+
 class EnrollCreate(Strict):
     name: str = Field("", max_length=200)
-    expires_in: str | JsonInt | None = Field(
+    expires_in: DurationText | ExpirySeconds | None = Field(
         None, description="lifetime: seconds or a duration such as 24h, 7d; none = no expiry"
     )
-    max_uses: JsonInt | None = Field(None, ge=1, le=1_000_000)
+    max_uses: MaxUses | None = None
 
     @field_validator("expires_in")
     @classmethod
@@ -374,15 +379,22 @@ class MetricsQuery(Strict):
         None,
         max_length=4000,
         description="comma-separated measurement.field names (a bare name means system.<name>);"
-        " default every enabled field",
+        " default every enabled field (the numeric ones unless agg is last or count)",
+        json_schema_extra={"example": "cpu.usage_percent,load1"},
     )
-    start: str = Field("-1h", max_length=64, description="RFC 3339, epoch seconds, or -1h style")
+    start: str = Field(
+        "-1h",
+        max_length=64,
+        description="RFC 3339, epoch seconds, or -1h style",
+        json_schema_extra={"example": "-6h"},
+    )
     end: str = Field("now", max_length=64, description="RFC 3339, epoch seconds, now, or -5m")
     step: str | None = Field(
         None,
         max_length=32,
         description="bucket size, e.g. 10s, 5m; default"
         " chosen so a series has at most about 1,000 points",
+        json_schema_extra={"example": "5m"},
     )
     agg: Literal["mean", "min", "max", "last", "sum", "count"] = "mean"
     tag: list[KeyValue] = Field(

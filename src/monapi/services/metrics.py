@@ -213,6 +213,9 @@ def query_metrics(
         tag_filter[k] = v
     wanted = resolve_fields(session, fields)
     if agg not in ("last", "count"):
+        if not fields:
+            # The default set: the fields this aggregation can reduce, not a 400 for the others.
+            wanted = [f for f in wanted if f.type != "string"]
         for f in wanted:
             if f.type == "string":
                 raise ApiError(

@@ -71,7 +71,7 @@ def get_agent_config() -> Response | dict[str, Any]:
 
 @bp.post(
     "/agent/heartbeat",
-    responses={200: HeartbeatOut, **errors(400, 401, 403, 415, 422)},
+    responses={200: HeartbeatOut, **errors(400, 401, 403, 413, 415, 422)},
 )
 @requires(BP, SERVER)
 def heartbeat(body: Heartbeat) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from ...ingest import (
 from ...schemas import IngestResult
 from ...settings import Settings
 from ...tsdb import TimeSeriesStore, WriteBatch
-from ..common import blueprint, errors
+from ..common import V1, blueprint, errors
+from ..spec import raw_request_body
 
 bp = blueprint("data", "Metric ingestion")
 BP = bp.name
@@ -70,14 +71,39 @@ _BODY = {
         },
     ]
 }
-_DOC = {
-    "requestBody": {
+_DOC = raw_request_body(
+    V1 + "/data",
+    "post",
+    {
         "required": True,
         "description": 'One point, or {"points": [...]}. May be gzip-compressed'
         " (Content-Encoding: gzip).",
-        "content": {"application/json": {"schema": _BODY}},
-    }
-}
+        "content": {
+            "application/json": {
+                "schema": _BODY,
+                "examples": {
+                    "point": {
+                        "summary": "one point (204: stored)",
+                        "value": {"measurement": "cpu", "fields": {"usage_percent": 12.5}},
+                    },
+                    "batch": {
+                        "summary": "a batch (200: the first point stored, the second refused)",
+                        "value": {
+                            "points": [
+                                {
+                                    "measurement": "disk",
+                                    "tags": {"mount": "/"},
+                                    "fields": {"used_percent": 71.5, "free": 52_000_000_000},
+                                },
+                                {"measurement": "mem", "fields": {"used_percent": 140}},
+                            ]
+                        },
+                    },
+                },
+            }
+        },
+    },
+)
 
 
 def _result(res: ValidationResult, accepted: int) -> dict[str, Any]:

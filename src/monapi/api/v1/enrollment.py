@@ -15,7 +15,9 @@ bp = blueprint("enrollment", "Enrollment tokens for registering new servers")
 BP = bp.name
 
 
-@bp.post("/enrollment-tokens", responses={201: EnrollCreated, **errors(400, 401, 403, 415, 422)})
+@bp.post(
+    "/enrollment-tokens", responses={201: EnrollCreated, **errors(400, 401, 403, 413, 415, 422)}
+)
 @requires(BP, ADMIN)
 def create_enrollment_token(body: EnrollCreate) -> tuple[dict[str, Any], int]:
     """Create an enrollment token (optional expiry and use limit); the token is shown once."""

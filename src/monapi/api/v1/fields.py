@@ -66,7 +66,7 @@ def list_fields(query: FieldListQuery) -> dict[str, Any]:
     return {"items": items, "total": len(items)}
 
 
-@bp.post("/fields", responses={201: FieldOut, **errors(400, 401, 403, 409, 415, 422)})
+@bp.post("/fields", responses={201: FieldOut, **errors(400, 401, 403, 409, 413, 415, 422)})
 @requires(BP, ADMIN)
 def create_field(body: FieldCreate) -> tuple[dict[str, Any], int]:
     """Add a field; values for it are accepted from the next request on, in every worker."""
@@ -100,7 +100,9 @@ def get_field(path: IdPath) -> dict[str, Any]:
     return field_dict(_get(path.id))
 
 
-@bp.patch("/fields/<int:id>", responses={200: FieldOut, **errors(400, 401, 403, 404, 415, 422)})
+@bp.patch(
+    "/fields/<int:id>", responses={200: FieldOut, **errors(400, 401, 403, 404, 413, 415, 422)}
+)
 @requires(BP, ADMIN)
 def update_field(path: IdPath, body: FieldUpdate) -> dict[str, Any]:
     """Change unit, description, bounds or enabled (the type cannot change)."""

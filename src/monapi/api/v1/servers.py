@@ -30,7 +30,7 @@ BP = bp.name
 
 @bp.post(
     "/servers",
-    responses={201: ServerCreated, **errors(400, 401, 403, 409, 415, 422)},
+    responses={201: ServerCreated, **errors(400, 401, 403, 409, 413, 415, 422)},
 )
 @requires(BP, ADMIN, ENROLL)
 def create_server(body: ServerCreate) -> tuple[dict[str, Any], int]:
@@ -49,7 +49,7 @@ def create_server(body: ServerCreate) -> tuple[dict[str, Any], int]:
 
 @legacy.post(
     "/register_server",
-    responses={201: LegacyRegistered, **errors(400, 401, 403, 409, 415, 422)},
+    responses={201: LegacyRegistered, **errors(400, 401, 403, 409, 413, 415, 422)},
 )
 @requires(legacy.name, ADMIN, ENROLL)
 def register_server(body: LegacyRegister) -> tuple[dict[str, Any], int]:
@@ -100,7 +100,7 @@ def get_server(path: ServerPath) -> dict[str, Any]:
 
 @bp.patch(
     "/servers/<int:server_id>",
-    responses={200: ServerOut, **errors(400, 401, 403, 404, 415, 422)},
+    responses={200: ServerOut, **errors(400, 401, 403, 404, 413, 415, 422)},
 )
 @requires(BP, ADMIN)
 def update_server(path: ServerPath, body: ServerUpdate) -> dict[str, Any]:
