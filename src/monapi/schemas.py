@@ -505,7 +505,16 @@ class ErrorOut(BaseModel):
     code: str = Field(description="a stable machine-readable code")
     status: int
     request_id: str
-    details: list[dict[str, Any]] | None = None
+    details: list[dict[str, Any]] | None = Field(
+        None, description="specifics: {location, reason} or, for ingestion, {index, field, reason}"
+    )
+    # Only on a 422 from POST /api/v1/data, where no point was stored:
+    accepted: int | None = Field(None, description="ingestion only: points stored (0)")
+    rejected: int | None = Field(None, description="ingestion only: points refused")
+    dropped: int | None = Field(None, description="ingestion only: unknown-field values ignored")
+    errors_truncated: bool | None = Field(
+        None, description="ingestion only: more errors than the 100 listed"
+    )
 
 
 class Health(BaseModel):
