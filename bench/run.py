@@ -323,13 +323,16 @@ def set_up(srv: Server, n_bulk: int, n_agent: int) -> tuple[list[dict[str, Any]]
 
 
 def stored_samples(data_dir: Path, server_ids: list[int]) -> int:
-    """Samples in the time-series file for these servers (read-only, beside the server)."""
+    """Field values in the time-series file for these servers (read-only, beside the server).
+
+    The embedded store keeps one row per point with its fields as a JSON object."""
     uri = f"file:{data_dir / 'tsdb.sqlite3'}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=30)
     try:
         marks = ",".join("?" * len(server_ids))
         row = conn.execute(
-            "SELECT COUNT(*) FROM samples WHERE series_id IN "
+            "SELECT COALESCE(SUM((SELECT COUNT(*) FROM json_each(p.fields))), 0) "
+            "FROM points p WHERE series_id IN "
             f"(SELECT id FROM series WHERE server_id IN ({marks}))",
             server_ids,
         ).fetchone()

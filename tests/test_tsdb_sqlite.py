@@ -26,7 +26,7 @@ def batch(server_id: int, ts_s: list[int], value: float = 1.0, field: str = "f")
 
 def count(path: Path) -> int:
     with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+        return int(conn.execute("SELECT COUNT(*) FROM points").fetchone()[0])
 
 
 @pytest.fixture
@@ -144,3 +144,53 @@ def test_values_keep_their_types(store: SQLiteStore) -> None:
     got = {v.field: v.value for v in store.latest([1])[1]}
     assert got == {"i": 7, "f": 1.5, "s": "x", "b": 1}  # booleans come back as 0/1
     assert type(got["i"]) is int
+
+
+def test_fields_of_one_point_sent_apart_are_merged(store: SQLiteStore) -> None:
+    store.write([WriteBatch(1, "h", [Point("m", (), 10 * NS, {"a": 1.0, "b": 2.0})])])
+    store.write([WriteBatch(1, "h", [Point("m", (), 10 * NS, {"b": 3.0, "c": 4.0})])])
+    got = {
+        s.field: s.points
+        for s in store.query(1, [("m", "a"), ("m", "b"), ("m", "c")], 0, 20 * NS, 10 * NS, "last")
+    }
+    assert got == {"a": [(10 * NS, 1.0)], "b": [(10 * NS, 3.0)], "c": [(10 * NS, 4.0)]}
+    assert count(store.path) == 1
+
+
+def test_a_late_older_point_does_not_replace_newer_latest_values(store: SQLiteStore) -> None:
+    store.write([WriteBatch(1, "h", [Point("m", (), 20 * NS, {"a": 2.0})])])
+    store.write([WriteBatch(1, "h", [Point("m", (), 10 * NS, {"a": 1.0, "b": 5.0})])])
+    latest = {v.field: (v.ts, v.value) for v in store.latest([1])[1]}
+    assert latest == {"a": (20 * NS, 2.0), "b": (20 * NS, 5.0)}
+
+
+def test_fields_missing_from_some_points_aggregate_over_those_present(store: SQLiteStore) -> None:
+    store.write(
+        [
+            WriteBatch(
+                1,
+                "h",
+                [
+                    Point("m", (), 1 * NS, {"a": 1.0}),
+                    Point("m", (), 2 * NS, {"b": 7.0}),
+                    Point("m", (), 3 * NS, {"a": 3.0}),
+                ],
+            )
+        ]
+    )
+    (a,) = store.query(1, [("m", "a")], 0, 10 * NS, 10 * NS, "mean")
+    assert a.points == [(0, 2.0)]
+    (cnt,) = store.query(1, [("m", "a")], 0, 10 * NS, 10 * NS, "count")
+    assert cnt.points == [(0, 2)]
+    (last,) = store.query(1, [("m", "a")], 0, 10 * NS, 10 * NS, "last")
+    assert last.points == [(0, 3.0)]
+
+
+def test_a_file_of_another_layout_is_refused_clearly(tmp_path: Path) -> None:
+    from monapi.errors import StoreUnavailable
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE samples (series_id INTEGER, ts INTEGER, value ANY)")
+    with pytest.raises(StoreUnavailable, match="layout 0"):
+        SQLiteStore(path, 3600, 3600)

@@ -24,7 +24,13 @@ from .api import health
 from .api.spec import MonapiOpenAPI
 from .api.v1 import agent, data, enrollment, metrics, servers
 from .api.v1 import fields as fields_api
-from .errors import ApiError, register_error_handlers, request_id, validation_error_callback
+from .errors import (
+    ApiError,
+    StoreUnavailable,
+    register_error_handlers,
+    request_id,
+    validation_error_callback,
+)
 from .logs import configure_logging
 from .settings import ConfigError, Settings, load_settings
 from .tsdb import create_store
@@ -131,7 +137,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     cache.init_app(app, cache.LocalCoordinator(database, settings.last_seen_flush))
     fields.init_app(app)
     auth.init_app(app, key_pepper(settings))
-    app.extensions["monapi.tsdb"] = create_store(settings)
+    try:
+        app.extensions["monapi.tsdb"] = create_store(settings)
+    except StoreUnavailable as exc:
+        raise ConfigError(str(exc)) from None
 
     for bp in (
         health.bp,

@@ -11,6 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import db
 from .cache import get_coordinator, request_versions
 from .models import FieldConfig
 
@@ -114,11 +115,12 @@ class FieldRegistry:
         self._version = -1
         self._specs: dict[str, dict[str, FieldSpec]] = {}
 
-    def specs(self, session: Session) -> dict[str, dict[str, FieldSpec]]:
+    def specs(self, session: Session | None = None) -> dict[str, dict[str, FieldSpec]]:
+        """The current specs; the database is read only when the version moved."""
         version = request_versions().get("fields", 0)
         if version == self._version:
             return self._specs
-        rows = session.execute(select(FieldConfig)).scalars().all()
+        rows = (session or db.session()).execute(select(FieldConfig)).scalars().all()
         specs: dict[str, dict[str, FieldSpec]] = {}
         for f in rows:
             specs.setdefault(f.measurement, {})[f.name] = FieldSpec(

@@ -1,8 +1,13 @@
 """Embedded time-series store: one SQLite file of its own, in WAL mode.
 
-Layout: ``series`` (one row per server, measurement, field and tag set), ``samples`` (series id,
-timestamp, value; clustered on the primary key, so a range read is one index walk) and ``latest``
-(the newest value of each series, kept up to date on write so overview pages do not scan).
+Layout: ``series`` (one row per server, measurement and tag set, with the names of the fields
+seen in it), ``points`` (series id, timestamp, and the point's fields as one JSON object;
+clustered on (series id, timestamp), so a range read is one index walk) and ``latest`` (the
+newest fields of each series, merged on write, so overview pages do not scan).
+
+One row per point rather than per value: an agent push of one point with 20 fields writes one
+row on one page, not 20 rows on 20 pages. Pages written per commit are what an SQLite writer
+pays for, and the writer is serialized across processes.
 
 Writes use group commit: concurrent requests in a process hand their points to whichever of them
 is flushing, and all wait for the one transaction that holds their points. Across gunicorn
@@ -13,7 +18,6 @@ would otherwise add tens of milliseconds to unlucky requests.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import sqlite3
@@ -24,48 +28,72 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ..errors import StoreUnavailable
 from ..settings import Settings
 from .base import LatestValue, Series, Tags, Value, WriteBatch, register
 
 log = logging.getLogger("monapi.tsdb.sqlite")
 
+LAYOUT_VERSION = 2  # PRAGMA user_version of a file in this layout
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     server_id INTEGER NOT NULL,
     measurement TEXT NOT NULL,
-    field TEXT NOT NULL,
     tags TEXT NOT NULL,
-    UNIQUE (server_id, measurement, field, tags)
+    fields TEXT NOT NULL DEFAULT '[]',
+    UNIQUE (server_id, measurement, tags)
 );
-CREATE TABLE IF NOT EXISTS samples (
+CREATE TABLE IF NOT EXISTS points (
     series_id INTEGER NOT NULL,
     ts INTEGER NOT NULL,
-    value ANY,
+    fields TEXT NOT NULL,
     PRIMARY KEY (series_id, ts)
 ) STRICT, WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS latest (
     series_id INTEGER PRIMARY KEY,
     ts INTEGER NOT NULL,
-    value ANY
+    fields TEXT NOT NULL
 ) STRICT;
 """
+_INSERT_POINT = (
+    "INSERT INTO points (series_id, ts, fields) VALUES (?, ?, ?) "
+    "ON CONFLICT (series_id, ts) DO UPDATE SET fields = json_patch(points.fields, excluded.fields)"
+)
+# An older point arriving late adds the fields the newer one lacks, and changes nothing else.
+_UPSERT_LATEST = (
+    "INSERT INTO latest (series_id, ts, fields) VALUES (?, ?, ?) "
+    "ON CONFLICT (series_id) DO UPDATE SET "
+    "fields = CASE WHEN excluded.ts >= latest.ts THEN json_patch(latest.fields, excluded.fields) "
+    "ELSE json_patch(excluded.fields, latest.fields) END, "
+    "ts = MAX(latest.ts, excluded.ts)"
+)
+_encode = msgspec.json.Encoder().encode
+_decode_fields = msgspec.json.Decoder(dict[str, Value]).decode
+_decode_names = msgspec.json.Decoder(list[str]).decode
+_decode_tags = msgspec.json.Decoder(dict[str, str]).decode
 
 _AGG_SQL = {
-    "mean": "AVG(value)",
-    "min": "MIN(value)",
-    "max": "MAX(value)",
-    "sum": "SUM(value)",
-    "count": "COUNT(value)",
+    "mean": "AVG(v)",
+    "min": "MIN(v)",
+    "max": "MAX(v)",
+    "sum": "SUM(v)",
+    "count": "COUNT(v)",
 }
-
-SeriesKey = tuple[int, str, Tags]
+SeriesKey = tuple[int, str, Tags]  # server id, measurement, sorted tags
+Row = tuple[int, int, dict[str, Value]]  # series id, ts, fields
 
 
 def tags_to_text(tags: Tags) -> str:
     """Canonical text of a sorted tag set (the series identity)."""
-    return json.dumps(dict(tags), separators=(",", ":"), sort_keys=True)
+    return _encode(dict(sorted(tags))).decode()
+
+
+def _json_path(field: str) -> str:
+    # Field names are letters, digits, '_', '.', '-' (checked on the way in): quoting is safe.
+    return f'$."{field}"'
 
 
 class _Pending:
@@ -101,7 +129,8 @@ class SQLiteStore:
         self._flushing = False
         self._writer: sqlite3.Connection | None = None
         self._writer_pid = 0
-        self._sids: dict[tuple[int, str, Tags], dict[str, int]] = {}
+        self._sids: dict[SeriesKey, int] = {}
+        self._names: dict[int, frozenset[str]] = {}  # field names recorded per series
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -109,8 +138,20 @@ class SQLiteStore:
         self._pruner: threading.Thread | None = None
         self._pruner_pid = 0
         self._stop = threading.Event()
-        with self._connect() as conn, self._write_lock():
-            conn.executescript(SCHEMA)
+        with self._write_lock():
+            conn = self._connect()
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+                if version == 0 and tables == 0:
+                    conn.executescript(SCHEMA + f"PRAGMA user_version = {LAYOUT_VERSION};")
+                elif version != LAYOUT_VERSION:
+                    raise StoreUnavailable(
+                        f"time-series store {self.path} has layout {version}, this monapi "
+                        f"reads layout {LAYOUT_VERSION}: move the file away or use another path"
+                    )
+            finally:
+                conn.close()
 
     # Connections ---------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -187,6 +228,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             err: BaseException = StoreUnavailable(f"time-series store write failed: {exc}")
             self._sids.clear()  # ids may be from a rolled-back transaction
+            self._names.clear()
             log.error("time-series write failed: %s", exc)
             for req in group:
                 req.error = err
@@ -202,6 +244,7 @@ class SQLiteStore:
             self._writer = self._connect()
             self._writer_pid = os.getpid()
             self._sids = {}
+            self._names = {}
         return self._writer
 
     def _flush(self, batches: Sequence[WriteBatch], group: list[_Pending] | None = None) -> None:
@@ -212,8 +255,8 @@ class SQLiteStore:
         are marked done (or failed) with it. Fewer, larger commits when workers contend.
         """
         conn = self._writer_conn()
-        rows: list[tuple[int, int, Value]] = []
-        misses: list[tuple[tuple[int, str, Tags], str, int, Value]] = []
+        rows: list[Row] = []
+        misses: list[tuple[SeriesKey, int, dict[str, Value]]] = []
         self._rows(batches, rows, misses)
         with self._write_lock():
             if group is not None:
@@ -225,83 +268,105 @@ class SQLiteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if misses:
-                    self._resolve(conn, {(b, n) for b, n, _, _ in misses})
-                    for base, name, ts, value in misses:
-                        rows.append((self._sids[base][name], ts, value))
-                latest: dict[int, tuple[int, Value]] = {}
-                for sid, ts, value in rows:
+                    self._resolve(conn, {key for key, _, _ in misses})
+                    rows.extend((self._sids[key], ts, f) for key, ts, f in misses)
+                # Newest fields per series (merged in time order) and field names not yet
+                # recorded for their series.
+                latest: dict[int, tuple[int, dict[str, Value]]] = {}
+                new_names: dict[int, set[str]] = {}
+                names = self._names
+                params = []
+                for sid, ts, fields in rows:
+                    params.append((sid, ts, _encode(fields).decode()))
                     cur = latest.get(sid)
-                    if cur is None or ts >= cur[0]:
-                        latest[sid] = (ts, value)
+                    if cur is None:
+                        latest[sid] = (ts, fields)
+                    elif ts >= cur[0]:
+                        latest[sid] = (ts, {**cur[1], **fields})
+                    else:
+                        latest[sid] = (cur[0], {**fields, **cur[1]})
+                    known = names.get(sid)
+                    if known is None or not known.issuperset(fields):
+                        new_names.setdefault(sid, set()).update(fields)
+                conn.executemany(_INSERT_POINT, params)
                 conn.executemany(
-                    "INSERT OR REPLACE INTO samples (series_id, ts, value) VALUES (?, ?, ?)", rows
+                    _UPSERT_LATEST,
+                    [(sid, ts, _encode(f).decode()) for sid, (ts, f) in latest.items()],
                 )
-                conn.executemany(
-                    "INSERT INTO latest (series_id, ts, value) VALUES (?, ?, ?) "
-                    "ON CONFLICT (series_id) DO UPDATE SET ts = excluded.ts, "
-                    "value = excluded.value "
-                    "WHERE excluded.ts >= latest.ts",
-                    [(sid, ts, v) for sid, (ts, v) in latest.items()],
-                )
+                for sid, added in new_names.items():
+                    self._record_names(conn, sid, added)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
+                self._names.clear()
                 raise
+
+    def _record_names(self, conn: sqlite3.Connection, sid: int, added: set[str]) -> None:
+        """Add field names to a series' list (read inside the transaction: other processes
+        may have added some)."""
+        row = conn.execute("SELECT fields FROM series WHERE id = ?", (sid,)).fetchone()
+        current = set(_decode_names(row[0])) if row else set()
+        if not current.issuperset(added):
+            current |= added
+            conn.execute(
+                "UPDATE series SET fields = ? WHERE id = ?",
+                (_encode(sorted(current)).decode(), sid),
+            )
+        self._names[sid] = frozenset(current)
 
     def _rows(
         self,
         batches: Sequence[WriteBatch],
-        rows: list[tuple[int, int, Value]],
-        misses: list[tuple[tuple[int, str, Tags], str, int, Value]],
+        rows: list[Row],
+        misses: list[tuple[SeriesKey, int, dict[str, Value]]],
     ) -> None:
-        """Sample rows of known series into ``rows``; values of series without an id yet into
+        """Rows of known series into ``rows``; points of series without an id yet into
         ``misses``."""
         sids = self._sids
         for batch in batches:
             server_id = batch.server_id
             for p in batch.points:
-                base = (server_id, p.measurement, p.tags)
-                fmap = sids.get(base)
-                if fmap is None:
-                    fmap = sids[base] = {}
-                ts = p.ts
-                for name, value in p.fields.items():
-                    sid = fmap.get(name)
-                    if sid is None:
-                        misses.append((base, name, ts, value))
-                    else:
-                        rows.append((sid, ts, value))
+                key = (server_id, p.measurement, p.tags)
+                sid = sids.get(key)
+                if sid is None:
+                    misses.append((key, p.ts, p.fields))
+                else:
+                    rows.append((sid, p.ts, p.fields))
 
-    def _resolve(
-        self, conn: sqlite3.Connection, keys: set[tuple[tuple[int, str, Tags], str]]
-    ) -> None:
-        """Find or create series ids for (server, measurement, tags) + field keys."""
-        params = [(b[0], b[1], n, tags_to_text(b[2])) for b, n in keys]
-        conn.executemany(
-            "INSERT OR IGNORE INTO series (server_id, measurement, field, tags) "
-            "VALUES (?, ?, ?, ?)",
-            params,
-        )
-        for (base, name), (server_id, meas, field, tags) in zip(keys, params, strict=True):
-            row = conn.execute(
-                "SELECT id FROM series WHERE server_id = ? AND measurement = ? AND field = ? "
+    def _resolve(self, conn: sqlite3.Connection, keys: set[SeriesKey]) -> None:
+        """Find or create series ids for (server, measurement, tags) keys."""
+        for key in keys:
+            server_id, meas, tags = key
+            text = tags_to_text(tags)
+            conn.execute(
+                "INSERT OR IGNORE INTO series (server_id, measurement, tags) VALUES (?, ?, ?)",
+                (server_id, meas, text),
+            )
+            sid, names = conn.execute(
+                "SELECT id, fields FROM series WHERE server_id = ? AND measurement = ? "
                 "AND tags = ?",
-                (server_id, meas, field, tags),
+                (server_id, meas, text),
             ).fetchone()
-            self._sids.setdefault(base, {})[name] = int(row[0])
+            self._sids[key] = int(sid)
+            self._names[int(sid)] = frozenset(_decode_names(names))
 
     # Reads ---------------------------------------------------------------------------------
     def _series(
         self, conn: sqlite3.Connection, server_id: int, selectors: Sequence[tuple[str, str]]
     ) -> list[tuple[int, str, str, dict[str, str]]]:
-        out = []
+        """(series id, measurement, field, tags) of every series holding a selected field."""
+        wanted: dict[str, list[str]] = {}
         for meas, field in selectors:
-            for sid, tags in conn.execute(
-                "SELECT id, tags FROM series WHERE server_id = ? AND measurement = ? AND field = ?"
+            wanted.setdefault(meas, []).append(field)
+        out: list[tuple[int, str, str, dict[str, str]]] = []
+        for meas, fields in wanted.items():
+            for sid, tags, names in conn.execute(
+                "SELECT id, tags, fields FROM series WHERE server_id = ? AND measurement = ?"
                 " ORDER BY tags",
-                (server_id, meas, field),
+                (server_id, meas),
             ):
-                out.append((int(sid), meas, field, json.loads(tags)))
+                present = set(_decode_names(names))
+                out.extend((int(sid), meas, f, _decode_tags(tags)) for f in fields if f in present)
         return out
 
     def query(
@@ -317,20 +382,26 @@ class SQLiteStore:
         try:
             conn = self._reader()
             result: list[Series] = []
+            inner = (
+                "SELECT ts, json_extract(fields, ?) AS v FROM points "
+                "WHERE series_id = ? AND ts >= ? AND ts <= ?"
+            )
+            if agg == "last":
+                sql = (
+                    f"SELECT (ts / ?) * ? AS b, v, MAX(ts) FROM ({inner}) WHERE v IS NOT NULL "
+                    "GROUP BY b ORDER BY b"
+                )
+            else:
+                sql = (
+                    f"SELECT (ts / ?) * ? AS b, {_AGG_SQL[agg]} FROM ({inner}) "
+                    "WHERE v IS NOT NULL GROUP BY b ORDER BY b"
+                )
             for sid, meas, field, tags in self._series(conn, server_id, selectors):
                 if tag_filter and any(tags.get(k) != v for k, v in tag_filter.items()):
                     continue
-                if agg == "last":
-                    sql = (
-                        "SELECT (ts / ?) * ? AS b, value, MAX(ts) FROM samples "
-                        "WHERE series_id = ? AND ts >= ? AND ts <= ? GROUP BY b ORDER BY b"
-                    )
-                else:
-                    sql = (
-                        f"SELECT (ts / ?) * ? AS b, {_AGG_SQL[agg]} FROM samples "
-                        "WHERE series_id = ? AND ts >= ? AND ts <= ? GROUP BY b ORDER BY b"
-                    )
-                rows = conn.execute(sql, (step_ns, step_ns, sid, start_ns, end_ns)).fetchall()
+                rows = conn.execute(
+                    sql, (step_ns, step_ns, _json_path(field), sid, start_ns, end_ns)
+                ).fetchall()
                 if rows:
                     result.append(Series(meas, field, tags, [(int(r[0]), r[1]) for r in rows]))
             return result
@@ -347,15 +418,18 @@ class SQLiteStore:
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                for server_id, meas, field, tags, ts, value in conn.execute(
-                    "SELECT s.server_id, s.measurement, s.field, s.tags, l.ts, l.value "
+                for server_id, meas, tags, ts, fields in conn.execute(
+                    "SELECT s.server_id, s.measurement, s.tags, l.ts, l.fields "
                     "FROM series s JOIN latest l ON l.series_id = s.id "
                     f"WHERE s.server_id IN ({marks})"
-                    " ORDER BY s.server_id, s.measurement, s.field, s.tags",
+                    " ORDER BY s.server_id, s.measurement, s.tags",
                     chunk,
                 ):
-                    out[int(server_id)].append(
-                        LatestValue(meas, field, json.loads(tags), int(ts), value)
+                    tag_map = _decode_tags(tags)
+                    values = _decode_fields(fields)
+                    out[int(server_id)].extend(
+                        LatestValue(meas, name, tag_map, int(ts), values[name])
+                        for name in sorted(values)
                     )
             return out
         except sqlite3.Error as exc:
@@ -384,7 +458,7 @@ class SQLiteStore:
                     r[0]
                     for r in conn.execute("SELECT id FROM series WHERE server_id = ?", (server_id,))
                 ]
-                conn.executemany("DELETE FROM samples WHERE series_id = ?", [(i,) for i in ids])
+                conn.executemany("DELETE FROM points WHERE series_id = ?", [(i,) for i in ids])
                 conn.executemany("DELETE FROM latest WHERE series_id = ?", [(i,) for i in ids])
                 conn.execute("DELETE FROM series WHERE server_id = ?", (server_id,))
                 conn.execute("COMMIT")
@@ -392,7 +466,7 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
                 raise
             for key in [k for k in self._sids if k[0] == server_id]:
-                del self._sids[key]
+                self._names.pop(self._sids.pop(key), None)
             return len(ids)
 
     def prune(self, before_ns: int) -> int:
@@ -404,7 +478,7 @@ class SQLiteStore:
             for sid in ids:
                 with self._write_lock():
                     cur = conn.execute(
-                        "DELETE FROM samples WHERE series_id = ? AND ts < ?", (sid, before_ns)
+                        "DELETE FROM points WHERE series_id = ? AND ts < ?", (sid, before_ns)
                     )
                     removed += cur.rowcount
             with self._write_lock():
@@ -461,7 +535,7 @@ class SQLiteStore:
         conn = self._reader()
         return {
             "series": conn.execute("SELECT COUNT(*) FROM series").fetchone()[0],
-            "samples": conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0],
+            "points": conn.execute("SELECT COUNT(*) FROM points").fetchone()[0],
         }
 
     def close(self) -> None:

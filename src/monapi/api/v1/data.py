@@ -141,16 +141,15 @@ def ingest() -> Response | tuple[Any, int]:
     points = decode_points(body, settings.max_points_per_request)
     principal = auth.principal()
     assert principal.server_id is not None
-    session = db.session()
     registry = get_registry()
     res = Validator(
-        registry.specs(session),
+        registry.specs(),
         settings.unknown_fields,
         settings.timestamp_max_age,
         settings.timestamp_max_future,
     ).validate(points)
     if res.discovered and res.points:
-        registry.discover(session, res.discovered)
+        registry.discover(db.session(), res.discovered)
     if res.points:
         store: TimeSeriesStore = current_app.extensions["monapi.tsdb"]
         store.write([WriteBatch(principal.server_id, principal.hostname or "", res.points)])
