@@ -207,3 +207,11 @@ def test_server_key_reads_only_its_own_server(client: FlaskClient, admin_token: 
     for path in ("", "/metrics", "/latest"):
         resp = client.get(f"/api/v1/servers/{b['id']}{path}", headers=bearer(a["api_key"]))
         assert resp.status_code == 403, path
+
+
+def test_a_deleted_servers_id_is_never_reused(client: FlaskClient, admin_token: str) -> None:
+    """Workers cache series by server id; a new server must not inherit a deleted one's."""
+    first = register_server(client, admin_token, "gone")
+    client.delete(f"/api/v1/servers/{first['id']}", headers=bearer(admin_token))
+    second = register_server(client, admin_token, "new")
+    assert second["id"] > first["id"]

@@ -59,6 +59,8 @@ class Base(DeclarativeBase):
 
 class Server(Base):
     __tablename__ = "servers"
+    # Never reuse the id of a deleted server: other workers may still cache series of it.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     hostname: Mapped[str] = mapped_column(String(253), unique=True)

@@ -54,6 +54,7 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", monapi.models.UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_servers")),
         sa.UniqueConstraint("hostname", name=op.f("uq_servers_hostname")),
+        sqlite_autoincrement=True,  # never reuse a deleted server's id
     )
     with op.batch_alter_table("servers", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_servers_last_seen"), ["last_seen"], unique=False)
