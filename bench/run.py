@@ -14,7 +14,7 @@ data directory, creates benchmark fields and servers through the API, then measu
 * agent-sized requests: 1 point x 20 fields, 64 concurrent keep-alive connections (wrk, one
   server key per connection, fresh timestamps); reports requests/s and p50/p99 latency.
 
-After each phase it counts the stored samples in the time-series file, so the numbers are data
+After each phase it counts the stored field values in the time-series file, so the numbers are data
 that was stored, not just replies. Traffic goes only to 127.0.0.1; every phase is bounded in time
 and count. gunicorn is stopped at the end (its whole process group), also on errors.
 

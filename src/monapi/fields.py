@@ -19,6 +19,9 @@ EXT = "monapi.fields"
 FIELD_TYPES = ("float", "int", "bool", "string")
 MEASUREMENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+# Label and tag values: no control characters (C0, DEL, C1) and no line or paragraph separators.
+TEXT_VALUE_RE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")
+MAX_TEXT_VALUE = 256
 MEASUREMENT_HELP = "1-64 characters: letters, digits, '_' or '-', not starting with a digit"
 FIELD_NAME_HELP = "1-128 characters: letters, digits, '_', '.' or '-'"
 

@@ -19,7 +19,15 @@ from typing import Any
 import msgspec
 
 from .errors import ApiError
-from .fields import FIELD_NAME_HELP, FIELD_NAME_RE, MEASUREMENT_HELP, MEASUREMENT_RE, FieldSpec
+from .fields import (
+    FIELD_NAME_HELP,
+    FIELD_NAME_RE,
+    MAX_TEXT_VALUE,
+    MEASUREMENT_HELP,
+    MEASUREMENT_RE,
+    TEXT_VALUE_RE,
+    FieldSpec,
+)
 from .tsdb import Point
 
 MAX_ERRORS = 100
@@ -353,8 +361,8 @@ class Validator:
                     res.error(i, None, f"tag {k!r} is reserved: it is set from the API key")
                     continue
                 good.add(k)
-            if not v or len(v) > 256 or not v.isprintable():
-                res.error(i, None, f"tag {k!r}: value must be 1-256 printable characters")
+            if not v or len(v) > MAX_TEXT_VALUE or not TEXT_VALUE_RE.fullmatch(v):
+                res.error(i, None, f"tag {k!r}: 1-256 characters, no control characters")
         return tuple(sorted(raw.items()))
 
     def _unknown(

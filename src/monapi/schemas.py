@@ -23,7 +23,15 @@ from pydantic import (
     model_validator,
 )
 
-from .fields import FIELD_NAME_HELP, FIELD_NAME_RE, FIELD_TYPES, MEASUREMENT_HELP, MEASUREMENT_RE
+from .fields import (
+    FIELD_NAME_HELP,
+    FIELD_NAME_RE,
+    FIELD_TYPES,
+    MAX_TEXT_VALUE,
+    MEASUREMENT_HELP,
+    MEASUREMENT_RE,
+    TEXT_VALUE_RE,
+)
 from .settings import parse_duration
 
 # Patterns are written so that Python (with fullmatch) and JSON Schema (ECMA) read them alike;
@@ -33,10 +41,9 @@ _ASCII_SPACE = "\t\n\v\f\r "
 _SPACE = r"[\t\n\v\f\r ]*"
 HOSTNAME_PATTERN = rf"^{_SPACE}{_HOST_LABEL.pattern}(?:\.{_HOST_LABEL.pattern})*\.*{_SPACE}$"
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,62}$")
-# Label values: no control characters (C0, DEL, C1) and no line or paragraph separators.
-_LABEL_VALUE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")
+_LABEL_VALUE = TEXT_VALUE_RE
 MAX_LABELS = 32
-MAX_LABEL_VALUE = 256
+MAX_LABEL_VALUE = MAX_TEXT_VALUE
 
 
 class Strict(BaseModel):

@@ -11,7 +11,7 @@ from ... import auth, db
 from ...auth import SERVER, requires
 from ...cache import get_coordinator
 from ...errors import ApiError
-from ...fields import FIELD_NAME_RE, MEASUREMENT_RE, get_registry
+from ...fields import FIELD_NAME_RE, MAX_TEXT_VALUE, MEASUREMENT_RE, TEXT_VALUE_RE, get_registry
 from ...ingest import (
     MAX_TAGS,
     RESERVED_TAGS,
@@ -48,7 +48,12 @@ _POINT = {
                 "pattern": TAG_KEY_RE.pattern,
                 "not": {"enum": list(RESERVED_TAGS)},
             },
-            "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 256},
+            "additionalProperties": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_TEXT_VALUE,
+                "pattern": TEXT_VALUE_RE.pattern,
+            },
         },
         "fields": {
             "type": "object",
