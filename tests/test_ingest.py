@@ -313,3 +313,17 @@ def test_push_marks_the_server_online(client: FlaskClient, admin_token: str) -> 
     push(client, s["api_key"], {"fields": {"load1": 1.0}})
     got = client.get(f"/api/v1/servers/{s['id']}", headers=bearer(admin_token)).get_json()
     assert got["status"] == "online" and got["last_seen"] is not None
+
+
+def test_store_failure_is_503_and_recovers_without_restart(
+    app: Flask, client: FlaskClient, key: str
+) -> None:
+    store = app.extensions["monapi.tsdb"]
+    assert push(client, key, {"fields": {"load1": 1.0}}).status_code == 204
+    store._writer.close()  # the engine connection breaks under monapi's feet
+    resp = push(client, key, {"fields": {"load1": 2.0}})
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"] and resp.get_json()["code"] == "store_unavailable"
+    assert stored(app) == {("system", "load1"): 1.0}  # never a 2xx for what was not stored
+    assert push(client, key, {"fields": {"load1": 3.0}}).status_code == 204
+    assert stored(app) == {("system", "load1"): 3.0}

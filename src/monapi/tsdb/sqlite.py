@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +229,7 @@ class SQLiteStore:
             err: BaseException = StoreUnavailable(f"time-series store write failed: {exc}")
             self._sids.clear()  # ids may be from a rolled-back transaction
             self._names.clear()
+            self._drop_writer()  # the next write reconnects: recover without a restart
             log.error("time-series write failed: %s", exc)
             for req in group:
                 req.error = err
@@ -238,6 +239,12 @@ class SQLiteStore:
             log.exception("time-series write crashed")
         for req in group:
             req.done = True
+
+    def _drop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with suppress(sqlite3.Error):
+                writer.close()
 
     def _writer_conn(self) -> sqlite3.Connection:
         if self._writer is None or self._writer_pid != os.getpid():
