@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urljoin
 
@@ -135,6 +136,31 @@ def test_round_trip_over_http_across_workers(served: dict[str, Any]) -> None:
         call(base, "POST", "/api/v1/data", key, {"fields": {"load5": 1.0}})[0] for _ in range(20)
     }
     assert codes == {401}
+
+
+def test_parallel_registrations_of_one_hostname_give_one_201(served: dict[str, Any]) -> None:
+    base, token = served["base"], served["token"]
+    body = {"hostname": "race-1", "ip_address": "192.0.2.7"}
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        codes = list(
+            pool.map(lambda _: call(base, "POST", "/api/v1/servers", token, body)[0], range(12))
+        )
+    assert sorted(codes) == [201] + [409] * 11
+
+
+def test_enrollment_max_uses_holds_under_parallel_requests(served: dict[str, Any]) -> None:
+    base, token = served["base"], served["token"]
+    _, tok, _ = call(base, "POST", "/api/v1/enrollment-tokens", token, {"max_uses": 3})
+
+    def register(i: int) -> int:
+        body = {"hostname": f"par-{i}", "ip_address": "192.0.2.8"}
+        return call(base, "POST", "/api/v1/servers", tok["token"], body)[0]
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        codes = list(pool.map(register, range(12)))
+    assert sorted(codes) == [201] * 3 + [401] * 9
+    _, listed, _ = call(base, "GET", "/api/v1/enrollment-tokens", token)
+    assert next(t for t in listed["items"] if t["id"] == tok["id"])["uses"] == 3
 
 
 def test_openapi_and_offline_docs_are_served(served: dict[str, Any]) -> None:
