@@ -36,6 +36,19 @@ EXPECTED = {
 }
 
 
+def disk_points(ts: int, used: dict[str, float]) -> list[dict[str, Any]]:
+    """One disk point per mount, with its used_percent."""
+    return [
+        {
+            "measurement": "disk",
+            "timestamp": ts,
+            "tags": {"mount": m},
+            "fields": {"used_percent": v},
+        }
+        for m, v in used.items()
+    ]
+
+
 @pytest.fixture
 def server(client: FlaskClient, admin_token: str) -> dict[str, Any]:
     s = register_server(client, admin_token)
@@ -152,22 +165,7 @@ def test_tag_filter_and_one_series_per_tag_set(
     push(
         client,
         server["api_key"],
-        {
-            "points": [
-                {
-                    "measurement": "disk",
-                    "timestamp": now,
-                    "tags": {"mount": "/"},
-                    "fields": {"used_percent": 40.0},
-                },
-                {
-                    "measurement": "disk",
-                    "timestamp": now,
-                    "tags": {"mount": "/var"},
-                    "fields": {"used_percent": 90.0},
-                },
-            ]
-        },
+        {"points": disk_points(now, {"/": 40.0, "/var": 90.0})},
     )
     url = f"/api/v1/servers/{server['id']}/metrics?fields=disk.used_percent&start=-5m&step=5m"
     both = client.get(url, headers=bearer(admin_token)).get_json()["series"]
@@ -195,18 +193,7 @@ def test_overview_lists_status_and_key_values(
         {
             "points": [
                 {"measurement": "cpu", "timestamp": now, "fields": {"usage_percent": 33.0}},
-                {
-                    "measurement": "disk",
-                    "timestamp": now,
-                    "tags": {"mount": "/"},
-                    "fields": {"used_percent": 40.0},
-                },
-                {
-                    "measurement": "disk",
-                    "timestamp": now,
-                    "tags": {"mount": "/data"},
-                    "fields": {"used_percent": 80.0},
-                },
+                *disk_points(now, {"/": 40.0, "/data": 80.0}),
             ]
         },
     )
