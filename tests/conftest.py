@@ -17,6 +17,8 @@ from monapi.app import shutdown
 from monapi.bootstrap import initialize
 from monapi.settings import load_settings
 
+from . import engines
+
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,6 +28,34 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("MONAPI_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session."""
+    with engines.postgresql_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis db number of this test session's own."""
+    with engines.redis_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def influxdb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway InfluxDB 1.x for this test session."""
+    with engines.influxdb(tmp_path_factory.mktemp("influxdb")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def victoriametrics_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway single-node VictoriaMetrics for this test session."""
+    with engines.victoriametrics(tmp_path_factory.mktemp("victoriametrics")) as url:
+        yield url
 
 
 _created: list[Flask] = []

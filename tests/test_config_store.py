@@ -6,13 +6,9 @@ database of its own, dropped at the end; the shared server itself is never recon
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -21,23 +17,6 @@ from monapi.db import Database
 from monapi.models import Base
 
 from .conftest import bearer, make_app, push, register_server
-
-PG_ADMIN_URL = os.environ.get(
-    "MONAPI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    import psycopg
-
-    name = f"monapi_test_{uuid.uuid4().hex[:10]}"
-    dsn = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _no_drift(url: str) -> None:

@@ -141,7 +141,11 @@ def test_health_and_readiness(app: Flask, client: FlaskClient) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json()["checks"] == {"config_store": "ok", "tsdb": "ok"}
+    assert ready.get_json()["checks"] == {
+        "config_store": {"backend": "sqlite", "status": "ok"},
+        "tsdb": {"backend": "sqlite", "status": "ok"},
+        "cache": {"backend": "local", "status": "ok"},
+    }
 
 
 def test_readyz_names_the_store_that_does_not_answer(tmp_path: Path) -> None:

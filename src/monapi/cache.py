@@ -28,8 +28,14 @@ COLLECTIONS = ("fields", "keys", "servers")
 class Coordinator(Protocol):
     """What the rest of monapi needs from the cache layer (in-process now, Redis later)."""
 
+    name: str
+
     def versions(self) -> dict[str, int]:
         """The current version of every cached collection."""
+        ...
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the cache answers."""
         ...
 
     def bump(self, session: Session, *names: str) -> None:
@@ -53,6 +59,8 @@ class Coordinator(Protocol):
 
 class LocalCoordinator:
     """Version counters in the configuration store; last-seen buffered in this process."""
+
+    name = "local"
 
     def __init__(self, db: Database, flush_interval: float) -> None:
         self.db = db
@@ -79,6 +87,9 @@ class LocalCoordinator:
         finally:
             conn.close()  # back to the pool
         return {str(name): int(version) for name, version in rows}
+
+    def ping(self) -> None:
+        return None  # in-process: always answers
 
     def bump(self, session: Session, *names: str) -> None:
         for name in names:

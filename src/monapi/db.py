@@ -52,6 +52,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.backend = self.engine.dialect.name  # sqlite or postgresql
 
     @contextmanager
     def session(self) -> Iterator[Session]:

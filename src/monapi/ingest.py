@@ -29,6 +29,7 @@ from .fields import (
     FieldSpec,
 )
 from .tsdb import Point
+from .tsdb.base import Rejection
 
 MAX_ERRORS = 100
 MAX_TAGS = 32
@@ -71,11 +72,27 @@ _strict = msgspec.json.Decoder(BodyIn)
 @dataclass(slots=True)
 class ValidationResult:
     points: list[Point] = field(default_factory=list)
+    indexes: list[int] = field(default_factory=list)  # each point's index in the request
     rejected: int = 0
     dropped: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     error_count: int = 0
     discovered: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def refused_by_store(self, refused: Sequence[Rejection]) -> None:
+        """Points the time-series engine would not store: they count as rejected."""
+        gone = set()
+        for r in refused:
+            if r.index in gone:
+                continue
+            gone.add(r.index)
+            self.error(self.indexes[r.index], r.field, r.reason)
+            self.rejected += 1
+        if gone:
+            keep = [j for j in range(len(self.points)) if j not in gone]
+            self.points = [self.points[j] for j in keep]
+            self.indexes = [self.indexes[j] for j in keep]
+            self.errors.sort(key=lambda e: e["index"])
 
     def error(self, index: int, fld: str | None, reason: str) -> None:
         self.error_count += 1
@@ -316,6 +333,7 @@ class Validator:
                 res.rejected += 1
             elif out:
                 res.points.append(Point(meas, tags, ts, out))
+                res.indexes.append(i)
         return res
 
     def _loose(

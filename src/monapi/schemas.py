@@ -524,9 +524,16 @@ class ErrorOut(BaseModel):
     )
 
 
+class Check(BaseModel):
+    backend: str = Field(description="which implementation: sqlite, postgresql, influxdb, ...")
+    status: str = Field(description="ok, or why the store does not answer")
+
+
 class Health(BaseModel):
     status: str
-    checks: dict[str, str] | None = None
+    checks: dict[str, Check] | None = Field(
+        None, description="config_store, tsdb and cache, each with its backend and status"
+    )
 
 
 FIELD_TYPE_CHOICES = FIELD_TYPES

@@ -41,6 +41,32 @@ def parse_duration(value: object) -> float:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|day|s|m|h|d)\s*$")
+_RATE_UNIT = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+RATE_HELP = "N/second, N/minute, N/hour, N/day (also N/10s, N/5m), or 0 for no limit"
+
+
+def parse_rate(value: object) -> tuple[int, float]:
+    """``"600/minute"`` to (600, 60.0); ``"0"`` (or ``"off"``) to (0, 0.0), no limit."""
+    if isinstance(value, tuple) and len(value) == 2:
+        return int(value[0]), float(value[1])
+    if not isinstance(value, str):
+        raise ValueError(f"expected {RATE_HELP}")
+    if value.strip().lower() in ("0", "off", "none", ""):
+        return 0, 0.0
+    m = _RATE_RE.match(value.lower())
+    if not m:
+        raise ValueError(f"{value!r} is not {RATE_HELP}")
+    unit = m.group(3)
+    unit = {"s": "second", "m": "minute", "h": "hour", "d": "day"}.get(unit, unit)
+    count, period = int(m.group(1)), int(m.group(2) or 1) * _RATE_UNIT[unit]
+    if count == 0:
+        return 0, 0.0
+    return count, float(period)
+
+
+RateLimit = Annotated[tuple[int, float], BeforeValidator(parse_rate)]
+
 
 class ConfigError(Exception):
     """A setting is missing or has a value monapi cannot use; the message says how to fix it."""
@@ -60,7 +86,9 @@ class Settings(BaseSettings):
         None,
         description="SQLAlchemy URL of the configuration store; default sqlite:///DATA_DIR/monapi.db",
     )
-    tsdb: Literal["sqlite"] = Field("sqlite", description="time-series backend: sqlite")
+    tsdb: Literal["sqlite", "influxdb", "victoriametrics"] = Field(
+        "sqlite", description="time-series backend: sqlite, influxdb, victoriametrics"
+    )
     tsdb_path: Path | None = Field(
         None, description="file of the embedded time-series store; default DATA_DIR/tsdb.sqlite3"
     )
@@ -69,6 +97,60 @@ class Settings(BaseSettings):
     )
     retention_check_interval: Duration = Field(
         3600, description=f"how often old points are pruned: {DURATION_HELP}"
+    )
+    tsdb_timeout: Duration = Field(
+        10, description=f"how long to wait for InfluxDB or VictoriaMetrics: {DURATION_HELP}"
+    )
+    tsdb_pool_size: int = Field(
+        16, ge=1, le=1024, description="keep-alive HTTP connections per worker to the engine"
+    )
+    influxdb_url: str = Field(
+        "http://127.0.0.1:8086", description="InfluxDB 1.x base URL (MONAPI_TSDB=influxdb)"
+    )
+    influxdb_database: str = Field(
+        "monapi", min_length=1, max_length=64, description="InfluxDB database, created if missing"
+    )
+    influxdb_retention_policy: str = Field(
+        "monapi",
+        min_length=1,
+        max_length=64,
+        description="InfluxDB retention policy (duration MONAPI_RETENTION), created if missing",
+    )
+    influxdb_username: str | None = Field(None, description="InfluxDB user, if auth is enabled")
+    influxdb_password: SecretStr | None = Field(None, description="InfluxDB password")
+    victoriametrics_url: str = Field(
+        "http://127.0.0.1:8428",
+        description="VictoriaMetrics single-node URL, or the vminsert URL of a cluster",
+    )
+    victoriametrics_select_url: str | None = Field(
+        None,
+        description="vmselect URL of a cluster; default MONAPI_VICTORIAMETRICS_URL (single node)",
+    )
+    victoriametrics_tenant: str | None = Field(
+        None,
+        description="cluster tenant (accountID or accountID:projectID); set it for a cluster, "
+        "leave it unset for a single node",
+    )
+    victoriametrics_latest_window: Duration = Field(
+        86400,
+        description="how far back latest values are looked for in VictoriaMetrics: "
+        + DURATION_HELP,
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://HOST:6379/0) shared by every worker and instance; "
+        "default none: caches, last-seen and rate limits per process",
+    )
+    redis_prefix: str = Field(
+        "monapi", min_length=1, max_length=64, description="prefix of every Redis key monapi uses"
+    )
+    rate_limit_server: RateLimit = Field(
+        "600/minute",  # type: ignore[assignment]  # parsed by the BeforeValidator
+        description=f"requests per server key: {RATE_HELP}",
+    )
+    rate_limit_register: RateLimit = Field(
+        "60/minute",  # type: ignore[assignment]  # parsed by the BeforeValidator
+        description=f"registrations per client address: {RATE_HELP}",
     )
     unknown_fields: Literal["reject", "discover", "drop"] = Field(
         "reject",
@@ -130,6 +212,33 @@ class Settings(BaseSettings):
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("expected host:port, for example 127.0.0.1:8000")
+        return v
+
+    @field_validator("influxdb_url", "victoriametrics_url", "victoriametrics_select_url")
+    @classmethod
+    def _check_http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError("expected http://HOST:PORT or https://HOST:PORT")
+        return v.rstrip("/")
+
+    @field_validator("victoriametrics_tenant")
+    @classmethod
+    def _check_tenant(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not re.match(r"^\d+(:\d+)?$", v):
+            raise ValueError("expected accountID or accountID:projectID, for example 0 or 7:1")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not re.match(r"^(redis|rediss|unix)://", v):
+            raise ValueError("expected redis://HOST:PORT/DB, rediss://... or unix:///PATH")
         return v
 
     @field_validator("database_url")

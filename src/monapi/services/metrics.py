@@ -143,10 +143,23 @@ def _present(spec: FieldSpec | None, value: Value | None, agg: str) -> Value | N
         return None
     if agg == "count":
         return int(value)
-    if spec is not None and spec.type == "bool" and agg in ("last", "min", "max"):
-        return bool(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if spec is not None and agg in ("last", "min", "max"):
+        # Engines that keep numbers as doubles (VictoriaMetrics) give 1.0 for true and 7.0
+        # for 7: answer in the field's type, as the embedded store does.
+        if spec.type == "bool":
+            return bool(value)
+        if spec.type == "int" and isinstance(value, float) and value.is_integer():
+            return int(value)
+    if (
+        spec is not None
+        and agg == "sum"
+        and spec.type in ("int", "bool")
+        and isinstance(value, float)
+        and value.is_integer()
+    ):
+        return int(value)
     return value
 
 

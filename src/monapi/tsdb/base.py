@@ -44,6 +44,16 @@ class Series:
     points: list[tuple[int, Value]] = dc_field(default_factory=list)  # (bucket start ns, value)
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A point the engine refused: ``batch`` and ``index`` locate it in what was written."""
+
+    batch: int
+    index: int
+    field: str | None
+    reason: str
+
+
 @dataclass(slots=True)
 class LatestValue:
     measurement: str
@@ -58,10 +68,12 @@ class TimeSeriesStore(Protocol):
 
     name: str
 
-    def write(self, batches: Sequence[WriteBatch]) -> None:
+    def write(self, batches: Sequence[WriteBatch]) -> list[Rejection]:
         """Store the points; return only once the engine has accepted them.
 
-        Raises StoreUnavailable (engine away; retry later) or StoreRejected (bad data)."""
+        Returns the points the engine refused (a value it cannot store, a type conflict): every
+        point not listed is stored. Raises StoreUnavailable when the engine is away or its
+        answer is unknown (retry later): then no point may be reported stored."""
         ...
 
     def query(

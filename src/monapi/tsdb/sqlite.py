@@ -32,7 +32,7 @@ import msgspec
 
 from ..errors import StoreUnavailable
 from ..settings import Settings
-from .base import LatestValue, Series, Tags, Value, WriteBatch, register
+from .base import LatestValue, Rejection, Series, Tags, Value, WriteBatch, register
 
 log = logging.getLogger("monapi.tsdb.sqlite")
 
@@ -200,7 +200,7 @@ class SQLiteStore:
             os.close(fd)  # closing releases the lock
 
     # Writes --------------------------------------------------------------------------------
-    def write(self, batches: Sequence[WriteBatch]) -> None:
+    def write(self, batches: Sequence[WriteBatch]) -> list[Rejection]:
         self._ensure_pruner()
         req = _Pending(batches)
         with self._cv:
@@ -221,6 +221,7 @@ class SQLiteStore:
                     self._cv.notify_all()
         if req.error is not None:
             raise req.error
+        return []  # every value type is stored
 
     def _flush_group(self, group: list[_Pending]) -> None:
         try:

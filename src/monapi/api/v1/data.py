@@ -157,7 +157,11 @@ def ingest() -> Response | tuple[Any, int]:
         registry.discover(db.session(), res.discovered)
     if res.points:
         store: TimeSeriesStore = current_app.extensions["monapi.tsdb"]
-        store.write([WriteBatch(principal.server_id, principal.hostname or "", res.points)])
+        refused = store.write(
+            [WriteBatch(principal.server_id, principal.hostname or "", res.points)]
+        )
+        if refused:
+            res.refused_by_store(refused)
     get_coordinator().mark_seen(principal.server_id, time.time())
     accepted = len(res.points)
     if res.error_count == 0 and res.dropped == 0:

@@ -1,0 +1,107 @@
+"""Encoding validated points as InfluxDB line protocol (InfluxDB 1.x and VictoriaMetrics).
+
+Measurement names, field names and tag keys are restricted on the way in to characters that need
+no escaping (letters, digits, ``_ . -``). Tag values are free text: commas, spaces and equals
+signs are escaped with a backslash. Line protocol has no way to write a tag value that ends in a
+backslash (the backslash would escape the separator after it), so such a point is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from .base import Point, Rejection, Tags, Value, WriteBatch
+
+_TAG_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\="})
+_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
+# A check a backend applies to every value before it is sent: None, or why it cannot be stored.
+ValueCheck = Callable[[str, Value], str | None]
+
+
+def escape_tag(value: str) -> str:
+    """A tag key or value as line protocol writes it."""
+    return value.translate(_TAG_ESCAPES)
+
+
+def format_value(value: Value) -> str:
+    """A field value as line protocol writes it: 1.5, 7i, true, "text"."""
+    t = type(value)
+    if t is float:
+        return repr(value)
+    if t is bool:
+        return "true" if value else "false"
+    if t is int:
+        return f"{value}i"
+    return '"' + str(value).translate(_STRING_ESCAPES) + '"'
+
+
+def tag_problem(tags: Tags) -> str | None:
+    """Why a tag set cannot be written as line protocol, or None."""
+    for key, value in tags:
+        if value.endswith("\\"):
+            return f"tag {key!r}: a value ending in a backslash cannot be sent as line protocol"
+    return None
+
+
+def encode(
+    batches: Sequence[WriteBatch],
+    check: ValueCheck | None = None,
+    identity: Callable[[WriteBatch], Tags] | None = None,
+) -> tuple[bytes, list[Rejection], list[tuple[int, int]]]:
+    """Line protocol for every point that can be sent, with nanosecond timestamps.
+
+    Each point gets the identity tags ``host`` and ``server_id`` (or what ``identity`` returns),
+    merged into its sorted tags. Returns the body, the points refused before sending (by
+    ``check`` or for their tags), and the (batch, index) of every line in the body, in order.
+    """
+    lines: list[str] = []
+    sent: list[tuple[int, int]] = []
+    refused: list[Rejection] = []
+    for b, batch in enumerate(batches):
+        ident = identity(batch) if identity else default_identity(batch)
+        prefixes: dict[tuple[str, Tags], str] = {}
+        for i, p in enumerate(batch.points):
+            key = (p.measurement, p.tags)
+            prefix = prefixes.get(key)
+            if prefix is None:
+                problem = tag_problem(p.tags) or tag_problem(ident)
+                if problem is not None:
+                    refused.append(Rejection(b, i, None, problem))
+                    continue
+                prefix = _prefix(p, ident)
+                prefixes[key] = prefix
+            fields = _fields(p, b, i, check, refused)
+            if fields is None:
+                continue
+            lines.append(f"{prefix} {fields} {p.ts}")
+            sent.append((b, i))
+    body = ("\n".join(lines) + "\n").encode() if lines else b""
+    return body, refused, sent
+
+
+def default_identity(batch: WriteBatch) -> Tags:
+    return (
+        ("host", batch.hostname or f"server-{batch.server_id}"),
+        ("server_id", str(batch.server_id)),
+    )
+
+
+def _prefix(p: Point, ident: Tags) -> str:
+    tags = sorted((*p.tags, *ident))
+    return p.measurement + "".join(f",{k}={escape_tag(v)}" for k, v in tags)
+
+
+def _fields(
+    p: Point, b: int, i: int, check: ValueCheck | None, refused: list[Rejection]
+) -> str | None:
+    parts = []
+    for name, value in p.fields.items():
+        if check is not None:
+            problem = check(name, value)
+            if problem is not None:
+                # A point is atomic: one value the engine cannot store refuses the point.
+                refused.append(Rejection(b, i, name, problem))
+                return None
+        parts.append(f"{name}={format_value(value)}")
+    return ",".join(parts)

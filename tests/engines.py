@@ -1,0 +1,205 @@
+"""Throwaway engines for the tests: InfluxDB and VictoriaMetrics as child processes on free
+loopback ports in a temporary directory; a fresh PostgreSQL database and a free Redis db number
+on the machine's shared servers (never reconfigured, only used).
+
+A missing engine skips its tests on a developer's machine, and fails them under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get(
+    "MONAPI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("MONAPI_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def missing(what: str, how: str) -> None:
+    """Fail under CI, skip elsewhere: a missing server is never a silent pass in CI."""
+    message = f"{what} is not available: {how}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status < 300:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def _process(cmd: list[str], ready_url: str, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log = workdir / "engine.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+    try:
+        _wait_http(ready_url, proc, log)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+INFLUXD_CONFIG = """\
+reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{dir}/meta"
+  logging-enabled = false
+[data]
+  dir = "{dir}/data"
+  wal-dir = "{dir}/wal"
+  query-log-enabled = false
+  trace-logging-enabled = false
+[coordinator]
+  log-queries-after = "0s"
+[monitor]
+  store-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+  flux-enabled = false
+[continuous_queries]
+  enabled = false
+"""
+
+
+@contextmanager
+def influxdb(workdir: Path) -> Iterator[str]:
+    """A throwaway ``influxd`` (Debian's influxdb package); yields its base URL."""
+    binary = shutil.which("influxd") or (
+        "/usr/bin/influxd" if Path("/usr/bin/influxd").exists() else None
+    )
+    if binary is None:
+        missing("influxd", "install Debian's influxdb package (make test does it as root)")
+    assert binary is not None
+    port, rpc_port = free_port(), free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "influxdb.conf"
+    config.write_text(INFLUXD_CONFIG.format(dir=workdir, port=port, rpc_port=rpc_port))
+    url = f"http://127.0.0.1:{port}"
+    with _process([binary, "-config", str(config)], url + "/ping", workdir):
+        yield url
+
+
+@contextmanager
+def victoriametrics(workdir: Path) -> Iterator[str]:
+    """A throwaway single-node ``victoria-metrics``; yields its base URL."""
+    binary = shutil.which("victoria-metrics")
+    if binary is None and Path("/usr/bin/victoria-metrics").exists():
+        binary = "/usr/bin/victoria-metrics"
+    if binary is None:
+        missing(
+            "victoria-metrics",
+            "install Debian's victoria-metrics package (make test does it as root)",
+        )
+    assert binary is not None
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        binary,
+        f"-storageDataPath={workdir / 'data'}",
+        f"-httpListenAddr=127.0.0.1:{port}",
+        "-retentionPeriod=100y",
+        # Show points as soon as they are flushed (the default hides the last 30 s).
+        "-search.latencyOffset=0s",
+        "-search.disableCache",
+        "-loggerLevel=ERROR",
+    ]
+    with _process(cmd, url + "/health", workdir):
+        yield url
+
+
+def vm_flush(url: str) -> None:
+    """Make everything VictoriaMetrics accepted searchable now (it does so within a second)."""
+    with urllib.request.urlopen(url + "/internal/force_flush", timeout=10) as resp:
+        assert resp.status < 300
+
+
+@contextmanager
+def postgresql_database() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL, dropped afterwards; yields its URL."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - a dev extra
+        missing("psycopg", "pip install -e '.[postgresql]'")
+        raise
+    name = f"monapi_test_{uuid.uuid4().hex[:10]}"
+    dsn = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        missing("PostgreSQL", f"{dsn}: {exc}")
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def redis_database() -> Iterator[str]:
+    """A Redis db number no other test session holds, emptied before and after; yields its URL.
+
+    The claim is a key with an expiry in the db itself, so a crashed session frees it later."""
+    import redis
+
+    token = uuid.uuid4().hex
+    try:
+        probe = redis.Redis.from_url(REDIS_URL + "/0", socket_timeout=5)
+        databases = int(probe.config_get("databases").get("databases", 16))
+        probe.close()
+    except redis.RedisError as exc:
+        missing("Redis", f"{REDIS_URL}: {exc}")
+    for number in range(databases - 1, 0, -1):  # db 0 is left to whatever else uses the server
+        client = redis.Redis.from_url(f"{REDIS_URL}/{number}", socket_timeout=5)
+        try:
+            if client.set("monapi-test:claim", token, nx=True, ex=6 * 3600):
+                client.flushdb()
+                client.set("monapi-test:claim", token, ex=6 * 3600)
+                try:
+                    yield f"{REDIS_URL}/{number}"
+                finally:
+                    client.flushdb()
+                return
+        finally:
+            client.close()
+    missing("a free Redis db number", f"every db of {REDIS_URL} is claimed by a test session")

@@ -1,0 +1,441 @@
+"""One contract for every time-series backend: the same pushes give the same answers.
+
+Each test runs on the embedded SQLite store, on a throwaway InfluxDB 1.x and on a throwaway
+VictoriaMetrics, through the HTTP API (so the answers are what a client sees). The expected
+values are worked out by hand; a backend passes by giving exactly them, with the same JSON
+types. What a backend cannot store is refused with a reason naming the backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text
+
+from . import engines
+from .conftest import bearer, make_app, push, register_server
+
+BACKENDS = ["sqlite", "influxdb", "victoriametrics"]
+T0 = (int(time.time()) // 3600) * 3600 - 7200  # an hour boundary, one to two hours ago
+_server_id_bases = itertools.count(1000, 1000)
+
+
+@dataclass
+class Backend:
+    name: str
+    app: Flask
+    client: FlaskClient
+    token: str
+    sync: Callable[[], None]  # make accepted points visible to reads (VictoriaMetrics buffers)
+
+    def server(self, hostname: str = "web-01") -> dict[str, Any]:
+        return register_server(self.client, self.token, hostname)
+
+    def push(self, key: str, points: list[dict[str, Any]]) -> Any:
+        resp = push(self.client, key, {"points": points})
+        self.sync()
+        return resp
+
+    def field(self, measurement: str, name: str, ftype: str) -> None:
+        resp = self.client.post(
+            "/api/v1/fields",
+            json={"measurement": measurement, "name": name, "type": ftype},
+            headers=bearer(self.token),
+        )
+        assert resp.status_code == 201, resp.get_json()
+
+    def query(self, server_id: int, **params: Any) -> dict[str, Any]:
+        resp = self.client.get(
+            f"/api/v1/servers/{server_id}/metrics?{urllib.parse.urlencode(params, doseq=True)}",
+            headers=bearer(self.token),
+        )
+        assert resp.status_code == 200, resp.get_json()
+        body: dict[str, Any] = resp.get_json()
+        return body
+
+    def latest(self, server_id: int) -> list[dict[str, Any]]:
+        resp = self.client.get(f"/api/v1/servers/{server_id}/latest", headers=bearer(self.token))
+        assert resp.status_code == 200, resp.get_json()
+        values: list[dict[str, Any]] = resp.get_json()["values"]
+        return values
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    name: str = request.param
+    overrides: dict[str, Any] = {}
+    sync: Callable[[], None] = lambda: None  # noqa: E731
+    if name == "influxdb":
+        url = request.getfixturevalue("influxdb_url")
+        overrides = {
+            "tsdb": "influxdb",
+            "influxdb_url": url,
+            "influxdb_database": f"t_{uuid.uuid4().hex[:12]}",
+        }
+    elif name == "victoriametrics":
+        url = request.getfixturevalue("victoriametrics_url")
+        overrides = {"tsdb": "victoriametrics", "victoriametrics_url": url}
+
+        def sync() -> None:
+            engines.vm_flush(url)
+
+    app, token = make_app(tmp_path / "data", **overrides)
+    if name == "victoriametrics":
+        # One VictoriaMetrics serves the whole session: start each test's server ids apart.
+        with app.extensions["monapi.db"].engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO sqlite_sequence (name, seq) VALUES ('servers', :seq)"),
+                {"seq": next(_server_id_bases)},
+            )
+    return Backend(name, app, app.test_client(), token, sync)
+
+
+def values(series: dict[str, Any]) -> list[tuple[int, Any, str]]:
+    """(time, value, JSON type) of each point: 7 and 7.0 are different answers."""
+    return [(t, v, type(v).__name__) for t, v in series["points"]]
+
+
+# (offset seconds, value) of system.load1, pushed out of order on purpose
+LOAD1 = [(50, 6.0), (0, 1.0), (10, 2.0), (20, 3.0), (30, 4.0), (40, 5.0), (70, 20.0), (60, 10.0)]
+LOAD1 += [(190, 7.5)]
+# Worked out by hand for 60 s buckets starting at T0, T0+60 and T0+180.
+LOAD1_EXPECTED = {
+    "mean": [3.5, 15.0, 7.5],
+    "min": [1.0, 10.0, 7.5],
+    "max": [6.0, 20.0, 7.5],
+    "last": [6.0, 20.0, 7.5],
+    "sum": [21.0, 30.0, 7.5],
+    "count": [6, 2, 1],
+}
+
+
+@pytest.mark.parametrize("agg", list(LOAD1_EXPECTED))
+def test_each_aggregation_over_float_values(backend: Backend, agg: str) -> None:
+    s = backend.server()
+    pts = [{"timestamp": T0 + off, "fields": {"load1": v}} for off, v in LOAD1]
+    assert backend.push(s["api_key"], pts).status_code == 204
+    body = backend.query(
+        s["id"], fields="system.load1", start=T0, end=T0 + 299, step="60s", agg=agg
+    )
+    (series,) = body["series"]
+    assert (series["measurement"], series["field"], series["tags"]) == ("system", "load1", {})
+    want_type = "int" if agg == "count" else "float"
+    expected = [
+        (T0 + b, v, want_type) for b, v in zip((0, 60, 180), LOAD1_EXPECTED[agg], strict=True)
+    ]
+    assert values(series) == expected
+
+
+@pytest.mark.parametrize(
+    ("agg", "expected"),
+    [
+        ("mean", [(0, 5.0), (60, 15.0)]),
+        ("count", [(0, 3), (60, 2)]),
+        ("last", [(0, 6.0), (60, 20.0)]),
+    ],
+)
+def test_a_range_that_starts_and_ends_inside_buckets_counts_only_points_inside_it(
+    backend: Backend, agg: str, expected: list[tuple[int, float]]
+) -> None:
+    s = backend.server()
+    pts = [{"timestamp": T0 + off, "fields": {"load1": v}} for off, v in LOAD1]
+    assert backend.push(s["api_key"], pts).status_code == 204
+    # [T0+30, T0+70]: 4, 5, 6 in the first bucket; 10, 20 in the second.
+    body = backend.query(
+        s["id"], fields="system.load1", start=T0 + 30, end=T0 + 70, step="60s", agg=agg
+    )
+    (series,) = body["series"]
+    assert [(t - T0, v) for t, v in series["points"]] == expected
+
+
+# system.processes is an int field: answers keep integers as integers.
+PROCS = [(0, 100), (10, 101), (70, 105)]
+PROCS_EXPECTED = {
+    "mean": [(100.5, "float"), (105.0, "float")],
+    "min": [(100, "int"), (105, "int")],
+    "max": [(101, "int"), (105, "int")],
+    "last": [(101, "int"), (105, "int")],
+    "sum": [(201, "int"), (105, "int")],
+    "count": [(2, "int"), (1, "int")],
+}
+
+
+@pytest.mark.parametrize("agg", list(PROCS_EXPECTED))
+def test_each_aggregation_over_integer_values(backend: Backend, agg: str) -> None:
+    s = backend.server()
+    pts = [{"timestamp": T0 + off, "fields": {"processes": v}} for off, v in PROCS]
+    assert backend.push(s["api_key"], pts).status_code == 204
+    body = backend.query(
+        s["id"], fields="system.processes", start=T0, end=T0 + 119, step="1m", agg=agg
+    )
+    (series,) = body["series"]
+    assert values(series) == [
+        (T0 + b, v, t) for b, (v, t) in zip((0, 60), PROCS_EXPECTED[agg], strict=True)
+    ]
+
+
+BOOLS = [(0, True), (10, False), (70, True)]
+BOOLS_EXPECTED = {
+    "mean": [(0.5, "float"), (1.0, "float")],
+    "min": [(False, "bool"), (True, "bool")],
+    "max": [(True, "bool"), (True, "bool")],
+    "last": [(False, "bool"), (True, "bool")],
+    "sum": [(1, "int"), (1, "int")],
+    "count": [(2, "int"), (1, "int")],
+}
+
+
+@pytest.mark.parametrize("agg", list(BOOLS_EXPECTED))
+def test_each_aggregation_over_boolean_values(backend: Backend, agg: str) -> None:
+    backend.field("service", "healthy", "bool")
+    s = backend.server()
+    pts = [
+        {"measurement": "service", "timestamp": T0 + off, "fields": {"healthy": v}}
+        for off, v in BOOLS
+    ]
+    assert backend.push(s["api_key"], pts).status_code == 204
+    body = backend.query(
+        s["id"], fields="service.healthy", start=T0, end=T0 + 119, step="60s", agg=agg
+    )
+    (series,) = body["series"]
+    assert values(series) == [
+        (T0 + b, v, t) for b, (v, t) in zip((0, 60), BOOLS_EXPECTED[agg], strict=True)
+    ]
+
+
+TEXTS = [(0, "plain"), (10, 'with "quotes", a \\ backslash,\nand a newline'), (70, "ünïcode ✓")]
+
+
+def test_string_values_are_stored_where_the_backend_can_and_refused_clearly_where_not(
+    backend: Backend,
+) -> None:
+    backend.field("service", "state", "string")
+    s = backend.server()
+    pts = [
+        {"measurement": "service", "timestamp": T0 + off, "fields": {"state": v}}
+        for off, v in TEXTS
+    ]
+    resp = backend.push(s["api_key"], pts)
+    if backend.name == "victoriametrics":
+        assert resp.status_code == 422, resp.get_json()
+        body = resp.get_json()
+        assert body["rejected"] == 3 and body["accepted"] == 0
+        for err, i in zip(body["details"], range(3), strict=True):
+            assert err["index"] == i and err["field"] == "state"
+            assert "VictoriaMetrics" in err["reason"] and "number" in err["reason"]
+        assert backend.latest(s["id"]) == []
+        return
+    assert resp.status_code == 204, resp.get_json()
+    for agg, expected in (("last", [TEXTS[1][1], TEXTS[2][1]]), ("count", [2, 1])):
+        body = backend.query(
+            s["id"], fields="service.state", start=T0, end=T0 + 119, step="60s", agg=agg
+        )
+        (series,) = body["series"]
+        assert [v for _, v in series["points"]] == expected
+    (latest,) = backend.latest(s["id"])
+    assert latest["value"] == TEXTS[2][1]
+
+
+def test_a_batch_with_a_value_the_backend_cannot_store_keeps_the_others(
+    backend: Backend,
+) -> None:
+    backend.field("service", "state", "string")
+    s = backend.server()
+    pts = [
+        {"timestamp": T0, "fields": {"load1": 1.5}},
+        {"measurement": "service", "timestamp": T0, "fields": {"state": "up"}},
+        {"timestamp": T0 + 10, "fields": {"load1": 2.5}},
+    ]
+    resp = backend.push(s["api_key"], pts)
+    if backend.name == "victoriametrics":
+        assert resp.status_code == 200, resp.get_json()
+        body = resp.get_json()
+        assert (body["accepted"], body["rejected"]) == (2, 1)
+        assert [e["index"] for e in body["errors"]] == [1]
+    else:
+        assert resp.status_code == 204, resp.get_json()
+    body = backend.query(s["id"], fields="system.load1", start=T0, end=T0 + 59, step="60s")
+    (series,) = body["series"]
+    assert series["points"] == [[T0, 2.0]]
+
+
+def test_integers_beyond_what_the_backend_keeps_exactly_are_refused_or_kept_exactly(
+    backend: Backend,
+) -> None:
+    big = 2**53 + 1  # the first integer a double cannot hold
+    s = backend.server()
+    resp = backend.push(s["api_key"], [{"timestamp": T0, "fields": {"processes": big}}])
+    if backend.name == "victoriametrics":
+        assert resp.status_code == 422, resp.get_json()
+        (err,) = resp.get_json()["details"]
+        assert err["field"] == "processes" and "VictoriaMetrics" in err["reason"]
+        return
+    assert resp.status_code == 204, resp.get_json()
+    (latest,) = backend.latest(s["id"])
+    assert latest["value"] == big and isinstance(latest["value"], int)
+
+
+def test_floats_come_back_exactly(backend: Backend) -> None:
+    numbers = [0.1, 12.5, 1e-9, 123456.789, 0.30000000000000004, 1.7976931348623157e308, 0.0]
+    s = backend.server()
+    pts = [{"timestamp": T0 + i, "fields": {"load1": v}} for i, v in enumerate(numbers)]
+    assert backend.push(s["api_key"], pts).status_code == 204
+    body = backend.query(
+        s["id"], fields="system.load1", start=T0, end=T0 + 59, step="1s", agg="last"
+    )
+    (series,) = body["series"]
+    assert [v for _, v in series["points"]] == numbers
+
+
+TAGGED = {"/": [(0, 50.0), (30, 52.0)], "/srv/my data,x=1": [(0, 10.0), (30, 11.0)]}
+
+
+def _push_disks(backend: Backend, key: str) -> None:
+    pts = [
+        {
+            "measurement": "disk",
+            "timestamp": T0 + off,
+            "tags": {"mount": mount},
+            "fields": {"used_percent": v},
+        }
+        for mount, samples in TAGGED.items()
+        for off, v in samples
+    ]
+    assert backend.push(key, pts).status_code == 204
+
+
+def test_series_keep_their_tags_and_a_tag_filter_selects_one(backend: Backend) -> None:
+    s = backend.server()
+    _push_disks(backend, s["api_key"])
+    body = backend.query(
+        s["id"], fields="disk.used_percent", start=T0, end=T0 + 59, step="60s", agg="max"
+    )
+    got = {x["tags"]["mount"]: x["points"] for x in body["series"]}
+    assert got == {"/": [[T0, 52.0]], "/srv/my data,x=1": [[T0, 11.0]]}
+    assert all(set(x["tags"]) == {"mount"} for x in body["series"])  # no host, no server_id
+    body = backend.query(
+        s["id"],
+        fields="disk.used_percent",
+        start=T0,
+        end=T0 + 59,
+        step="60s",
+        agg="mean",
+        tag="mount=/srv/my data,x=1",
+    )
+    (series,) = body["series"]
+    assert series["tags"] == {"mount": "/srv/my data,x=1"} and series["points"] == [[T0, 10.5]]
+
+
+def test_an_empty_range_gives_no_series(backend: Backend) -> None:
+    s = backend.server()
+    pts = [{"timestamp": T0 + off, "fields": {"load1": v}} for off, v in LOAD1]
+    assert backend.push(s["api_key"], pts).status_code == 204
+    for agg in ("mean", "last", "count"):
+        body = backend.query(
+            s["id"], fields="system.load1", start=T0 - 3600, end=T0 - 1, step="60s", agg=agg
+        )
+        assert body["series"] == []
+    # and a server that never pushed
+    other = backend.server("idle-01")
+    assert backend.query(other["id"], fields="system.load1", start=T0, end=T0 + 60)["series"] == []
+    assert backend.latest(other["id"]) == []
+
+
+def test_servers_do_not_see_each_others_points(backend: Backend) -> None:
+    a, b = backend.server("a-01"), backend.server("b-01")
+    assert backend.push(a["api_key"], [{"timestamp": T0, "fields": {"load1": 1.0}}]).status_code
+    assert backend.push(b["api_key"], [{"timestamp": T0, "fields": {"load1": 9.0}}]).status_code
+    for srv, want in ((a, 1.0), (b, 9.0)):
+        body = backend.query(srv["id"], fields="system.load1", start=T0, end=T0 + 59, agg="sum")
+        (series,) = body["series"]
+        assert [v for _, v in series["points"]] == [want]
+        assert [x["value"] for x in backend.latest(srv["id"])] == [want]
+
+
+def test_latest_gives_the_newest_value_of_every_series(backend: Backend) -> None:
+    s = backend.server()
+    _push_disks(backend, s["api_key"])
+    pts = [
+        {"timestamp": T0 + 5, "fields": {"load1": 0.5, "processes": 90}},
+        {"timestamp": T0 + 15, "fields": {"load1": 0.75, "processes": 95}},
+        {"timestamp": T0 + 10, "fields": {"load1": 9.9, "processes": 99}},  # late, older
+    ]
+    assert backend.push(s["api_key"], pts).status_code == 204
+    got = {
+        (v["measurement"], v["field"], tuple(sorted(v["tags"].items()))): (
+            v["value"],
+            type(v["value"]).__name__,
+            v["timestamp"],
+        )
+        for v in backend.latest(s["id"])
+    }
+
+    def at(off: int) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(T0 + off))
+
+    assert {k: (v[0], v[1]) for k, v in got.items()} == {
+        ("disk", "used_percent", (("mount", "/"),)): (52.0, "float"),
+        ("disk", "used_percent", (("mount", "/srv/my data,x=1"),)): (11.0, "float"),
+        ("system", "load1", ()): (0.75, "float"),
+        ("system", "processes", ()): (95, "int"),
+    }
+    for key, off in (
+        (("system", "load1", ()), 15),
+        (("disk", "used_percent", (("mount", "/"),)), 30),
+    ):
+        assert got[key][2].startswith(at(off)), got[key]
+
+
+def test_deleting_a_server_deletes_its_points(backend: Backend) -> None:
+    s = backend.server()
+    keep = backend.server("keep-01")
+    for srv in (s, keep):
+        pts = [{"timestamp": T0 + off, "fields": {"load1": v}} for off, v in LOAD1]
+        assert backend.push(srv["api_key"], pts).status_code == 204
+    resp = backend.client.delete(f"/api/v1/servers/{s['id']}", headers=bearer(backend.token))
+    assert resp.status_code == 204
+    backend.sync()
+    store = backend.app.extensions["monapi.tsdb"]
+    assert store.latest([s["id"]]) == {s["id"]: []}
+    assert (
+        store.query(
+            s["id"], [("system", "load1")], T0 * 10**9, (T0 + 300) * 10**9, 60 * 10**9, "count"
+        )
+        == []
+    )
+    body = backend.query(keep["id"], fields="system.load1", start=T0, end=T0 + 299, agg="count")
+    (series,) = body["series"]
+    assert sum(v for _, v in series["points"]) == len(LOAD1)
+
+
+def test_readyz_names_the_backend(backend: Backend) -> None:
+    resp = backend.client.get("/readyz")
+    assert resp.status_code == 200, resp.get_json()
+    checks = resp.get_json()["checks"]
+    assert checks["tsdb"] == {"backend": backend.name, "status": "ok"}
+
+
+def test_nothing_is_lost_or_invented_in_a_bigger_batch(backend: Backend) -> None:
+    s = backend.server()
+    n = 2000
+    pts = [
+        {"timestamp": T0 + i, "fields": {"load1": float(i % 97), "processes": i}} for i in range(n)
+    ]
+    assert backend.push(s["api_key"], pts).status_code == 204
+    body = backend.query(
+        s["id"], fields="system.load1,system.processes", start=T0, end=T0 + n, step="1h", agg="sum"
+    )
+    got = {x["field"]: x["points"] for x in body["series"]}
+    assert got["processes"] == [[T0, n * (n - 1) // 2]]
+    assert math.isclose(got["load1"][0][1], float(sum(i % 97 for i in range(n))))
