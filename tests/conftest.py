@@ -38,6 +38,27 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def pg_databases() -> Iterator[engines.PostgresDatabases]:
+    """Per-test PostgreSQL databases, copied from a migrated template."""
+    dbs = engines.PostgresDatabases()
+    yield dbs
+    dbs.close()
+
+
+@pytest.fixture
+def config_store(request: pytest.FixtureRequest) -> str:
+    """Which configuration store a test's app uses: sqlite, unless the module asks for more
+    (``CONFIG_STORES = ["sqlite", "postgresql"]``)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    stores = getattr(metafunc.module, "CONFIG_STORES", None)
+    if stores and "config_store" in metafunc.fixturenames:
+        metafunc.parametrize("config_store", stores, indirect=True)
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A Redis db number of this test session's own."""
     with engines.redis_database() as url:
@@ -69,9 +90,16 @@ def _shutdown_apps() -> Iterator[None]:
         shutdown(_created.pop())
 
 
-def make_app(data_dir: Path, **overrides: Any) -> tuple[Flask, str]:
+def make_app(data_dir: Path, /, **overrides: Any) -> tuple[Flask, str]:
     """A fresh app on its own data directory, and its first admin token."""
-    settings = {"data_dir": data_dir, "log_level": "WARNING", **overrides}
+    settings = {
+        "data_dir": data_dir,
+        "log_level": "WARNING",
+        # Off unless a test is about them: many tests push far faster than any agent.
+        "rate_limit_server": "0",
+        "rate_limit_register": "0",
+        **overrides,
+    }
     token = initialize(load_settings(settings))
     assert token is not None
     app = create_app({**settings, "TESTING": True})
@@ -80,9 +108,19 @@ def make_app(data_dir: Path, **overrides: Any) -> tuple[Flask, str]:
 
 
 @pytest.fixture
-def app_and_token(tmp_path: Path) -> tuple[Flask, str]:
-    app, token = make_app(tmp_path / "data")
-    return app, token
+def app_and_token(
+    request: pytest.FixtureRequest, tmp_path: Path, config_store: str
+) -> Iterator[tuple[Flask, str]]:
+    if config_store == "postgresql":
+        dbs: engines.PostgresDatabases = request.getfixturevalue("pg_databases")
+        url = dbs.new()
+        app, token = make_app(tmp_path / "data", database_url=url)
+        yield app, token
+        while _created:
+            shutdown(_created.pop())
+        dbs.drop(url)
+        return
+    yield make_app(tmp_path / "data")
 
 
 @pytest.fixture

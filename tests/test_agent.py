@@ -6,6 +6,9 @@ from flask.testing import FlaskClient
 
 from .conftest import bearer, register_server
 
+# Every test here runs on the embedded SQLite store and on PostgreSQL.
+CONFIG_STORES = ["sqlite", "postgresql"]
+
 
 def test_agent_config_has_etag_and_answers_304(client: FlaskClient, admin_token: str) -> None:
     s = register_server(client, admin_token, interval=15)

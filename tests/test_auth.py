@@ -9,6 +9,9 @@ from flask.testing import FlaskClient
 
 from .conftest import bearer, register_server
 
+# Every test here runs on the embedded SQLite store and on PostgreSQL.
+CONFIG_STORES = ["sqlite", "postgresql"]
+
 # One representative of every class of endpoint: (method, path, body, kinds allowed)
 ENDPOINTS: list[tuple[str, str, Any, set[str]]] = [
     (

@@ -12,6 +12,9 @@ from monapi.fields import DEFAULT_FIELDS
 
 from .conftest import bearer, make_app, push, register_server
 
+# Every test here runs on the embedded SQLite store and on PostgreSQL.
+CONFIG_STORES = ["sqlite", "postgresql"]
+
 
 def test_default_fields_are_created_on_first_start(client: FlaskClient, admin_token: str) -> None:
     body = client.get("/api/v1/fields", headers=bearer(admin_token)).get_json()

@@ -44,12 +44,14 @@ def call(
         return exc.code, json.loads(raw) if raw else None, dict(exc.headers)
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    data = tmp_path_factory.mktemp("serve")
+def start_instance(
+    data: Any, env_extra: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str, Any]:
+    """`monapi serve` with two workers on a free port; returns the process, base URL, log."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONAPI_")}
     env.update(MONAPI_DATA_DIR=str(data), MONAPI_LOG_LEVEL="WARNING", MONAPI_LAST_SEEN_FLUSH="1")
+    env.update(env_extra)
     out = data / "out.log"
     with out.open("w") as log:
         proc = subprocess.Popen(
@@ -71,23 +73,57 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if call(base, "GET", "/healthz")[0] == 200:
+                return proc, base, out
+        except OSError:
+            time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("monapi serve did not answer: " + out.read_text())
+
+
+# "sqlite": one instance on the embedded defaults. "postgresql+redis": the scale-out layout,
+# two instances (each gunicorn with two workers) sharing one PostgreSQL database and one Redis.
+@pytest.fixture(scope="module", params=["sqlite", "postgresql+redis"])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    env: dict[str, str] = {}
+    count = 1
+    if request.param == "postgresql+redis":
+        dbs = request.getfixturevalue("pg_databases")
+        env = {
+            "MONAPI_DATABASE_URL": dbs.new(),
+            "MONAPI_REDIS_URL": request.getfixturevalue("redis_url"),
+            "MONAPI_REDIS_PREFIX": f"serve{os.getpid()}",
+            # Instances that share a database share these secrets.
+            "MONAPI_KEY_PEPPER": "test-pepper-" + "x" * 20,
+            "MONAPI_SECRET_KEY": "test-secret-" + "y" * 20,
+        }
+        count = 2
+    procs = []
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if call(base, "GET", "/healthz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("monapi serve did not answer: " + out.read_text())
-        text = out.read_text()
-        token = next(w for w in text.split() if w.startswith("mka_"))
-        yield {"base": base, "token": token, "proc": proc, "log": out, "data": data}
+        for i in range(count):
+            data = tmp_path_factory.mktemp(f"serve{i}")
+            procs.append(start_instance(data, env))
+        proc, base, out = procs[0]
+        token = next(w for w in out.read_text().split() if w.startswith("mka_"))
+        yield {
+            "base": base,
+            "bases": [b for _, b, _ in procs],
+            "token": token,
+            "proc": proc,
+            "procs": [p for p, _, _ in procs],
+            "log": out,
+            "kind": request.param,
+        }
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
+        for proc, _, _ in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(30)
 
 
 def test_first_start_prints_the_admin_token_and_where_it_listens(served: dict[str, Any]) -> None:
@@ -122,28 +158,37 @@ def test_round_trip_over_http_across_workers(served: dict[str, Any]) -> None:
     )
     assert status == 200 and headers["X-Request-ID"]
     assert sum(p[1] for p in got["series"][0]["points"]) == 50
-    # Disable the field; every following request, whichever worker takes it, refuses it.
+    bases = served["bases"]
+    # Disable the field; within a second every worker of every instance refuses it.
     _, fields, _ = call(base, "GET", "/api/v1/fields?measurement=system", token)
     load1 = next(f for f in fields["items"] if f["name"] == "load1")
     call(base, "PATCH", f"/api/v1/fields/{load1['id']}", token, {"enabled": False})
+    time.sleep(1.0)
     codes = {
-        call(base, "POST", "/api/v1/data", key, {"fields": {"load1": 1.0}})[0] for _ in range(20)
+        call(bases[i % len(bases)], "POST", "/api/v1/data", key, {"fields": {"load1": 1.0}})[0]
+        for i in range(20)
     }
     assert codes == {422}
-    # Rotate the key: the old one is refused by every worker at once.
+    # Rotate the key: within a second the old one is refused everywhere.
     call(base, "POST", f"/api/v1/servers/{server['id']}/rotate-key", token)
+    time.sleep(1.0)
     codes = {
-        call(base, "POST", "/api/v1/data", key, {"fields": {"load5": 1.0}})[0] for _ in range(20)
+        call(bases[i % len(bases)], "POST", "/api/v1/data", key, {"fields": {"load5": 1.0}})[0]
+        for i in range(20)
     }
     assert codes == {401}
 
 
 def test_parallel_registrations_of_one_hostname_give_one_201(served: dict[str, Any]) -> None:
-    base, token = served["base"], served["token"]
+    token = served["token"]
     body = {"hostname": "race-1", "ip_address": "192.0.2.7"}
+    bases = served["bases"]
     with ThreadPoolExecutor(max_workers=12) as pool:
         codes = list(
-            pool.map(lambda _: call(base, "POST", "/api/v1/servers", token, body)[0], range(12))
+            pool.map(
+                lambda i: call(bases[i % len(bases)], "POST", "/api/v1/servers", token, body)[0],
+                range(12),
+            )
         )
     assert sorted(codes) == [201] + [409] * 11
 
@@ -152,9 +197,11 @@ def test_enrollment_max_uses_holds_under_parallel_requests(served: dict[str, Any
     base, token = served["base"], served["token"]
     _, tok, _ = call(base, "POST", "/api/v1/enrollment-tokens", token, {"max_uses": 3})
 
+    bases = served["bases"]
+
     def register(i: int) -> int:
         body = {"hostname": f"par-{i}", "ip_address": "192.0.2.8"}
-        return call(base, "POST", "/api/v1/servers", tok["token"], body)[0]
+        return call(bases[i % len(bases)], "POST", "/api/v1/servers", tok["token"], body)[0]
 
     with ThreadPoolExecutor(max_workers=12) as pool:
         codes = list(pool.map(register, range(12)))
@@ -179,7 +226,18 @@ def test_openapi_and_offline_docs_are_served(served: dict[str, Any]) -> None:
             assert r.status == 200 and len(r.read()) > 100, asset
 
 
+def test_readyz_names_every_backend(served: dict[str, Any]) -> None:
+    for base in served["bases"]:
+        status, body, _ = call(base, "GET", "/readyz")
+        assert status == 200
+        backends = {k: v["backend"] for k, v in body["checks"].items()}
+        if served["kind"] == "sqlite":
+            assert backends == {"config_store": "sqlite", "tsdb": "sqlite", "cache": "local"}
+        else:
+            assert backends == {"config_store": "postgresql", "tsdb": "sqlite", "cache": "redis"}
+
+
 def test_sigterm_stops_cleanly(served: dict[str, Any]) -> None:
-    proc = served["proc"]
-    os.killpg(proc.pid, signal.SIGTERM)
-    assert proc.wait(30) == 0
+    for proc in served["procs"]:
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0

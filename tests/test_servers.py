@@ -9,6 +9,9 @@ from flask.testing import FlaskClient
 
 from .conftest import bearer, push, register_server
 
+# Every test here runs on the embedded SQLite store and on PostgreSQL.
+CONFIG_STORES = ["sqlite", "postgresql"]
+
 
 def test_register_returns_server_and_key_once(client: FlaskClient, admin_token: str) -> None:
     body = register_server(client, admin_token, "Web-01.Example.com", labels={"role": "web"})

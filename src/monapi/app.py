@@ -17,9 +17,10 @@ from flask.json.provider import DefaultJSONProvider
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.wrappers import Request
 from flask_openapi3 import Info
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from . import __version__, auth, cache, db, fields
+from . import __version__, auth, cache, db, fields, ratelimit
 from .api import health
 from .api.spec import MonapiOpenAPI
 from .api.v1 import agent, data, enrollment, metrics, servers
@@ -130,13 +131,27 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(SECRET_KEY=secret_key, MAX_CONTENT_LENGTH=settings.max_body_bytes)
     app.config.update(flask_config)
     app.extensions["monapi.settings"] = settings
+    if settings.proxy_hops:
+        # Trust X-Forwarded-For/-Proto/-Host from this many reverse proxies: the client address
+        # (rate limits, logs) is then the one the proxy saw.
+        n = settings.proxy_hops
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=n, x_proto=n, x_host=n
+        )
 
     register_error_handlers(app)
     database = db.init_app(app, settings.resolved_database_url)
     _check_schema(database)
-    cache.init_app(app, cache.LocalCoordinator(database, settings.last_seen_flush))
+    cache.init_app(
+        app,
+        cache.create_coordinator(
+            database, settings.redis_url, settings.redis_prefix, settings.last_seen_flush
+        ),
+    )
     fields.init_app(app)
+    ratelimit.init_app(app, settings)  # before authentication: failed attempts count too
     auth.init_app(app, key_pepper(settings))
+    ratelimit.install_key_limit(app, settings)
     try:
         app.extensions["monapi.tsdb"] = create_store(settings)
     except StoreUnavailable as exc:

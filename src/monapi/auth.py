@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import msgspec
 from flask import Flask, current_app, g, request
 from sqlalchemy import select
 
 from . import db
-from .cache import request_versions
+from .cache import get_coordinator, request_versions
 from .errors import ApiError
 from .models import ApiKey, Server, utcnow
 
@@ -64,6 +66,10 @@ class KeyRecord:
     revoked: bool
     server_enabled: bool
     hostname: str | None
+
+
+_decode_record = msgspec.json.Decoder(KeyRecord).decode
+log = logging.getLogger("monapi.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +125,21 @@ class KeyService:
             hostname=hostname,
         )
 
+    def _shared_or_load(self, key_id: str, version: str) -> KeyRecord | None:
+        """From the shared cache (Redis) when another process already loaded it for this
+        version, else from the database (and offered to the others)."""
+        coord = get_coordinator()
+        raw = coord.shared_get("keys", version, key_id)
+        if raw is not None:
+            try:
+                return _decode_record(raw)
+            except msgspec.DecodeError:
+                log.warning("ignoring an unreadable shared key record for %s", key_id)
+        record = self._load(key_id)
+        if record is not None:
+            coord.shared_set("keys", version, key_id, msgspec.json.encode(record))
+        return record
+
     def lookup(self, key_id: str) -> KeyRecord | None:
         versions = request_versions()
         current = (versions.get("keys", 0), versions.get("servers", 0))
@@ -128,7 +149,7 @@ class KeyService:
                 self._cache_version = current
             if key_id in self._cache:
                 return self._cache[key_id]
-        record = self._load(key_id)
+        record = self._shared_or_load(key_id, f"{current[0]}.{current[1]}")
         with self._lock:
             if len(self._cache) > 50_000:  # bound the memory random ids can take
                 self._cache.clear()

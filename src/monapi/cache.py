@@ -54,7 +54,56 @@ class Coordinator(Protocol):
         """Write buffered last-seen times now; returns how many servers were updated."""
         ...
 
+    def shared_get(self, collection: str, version: str, key: str) -> bytes | None:
+        """A copy cached by any process for this version of the collection, if there is one."""
+        ...
+
+    def shared_set(self, collection: str, version: str, key: str, value: bytes) -> None:
+        """Offer a copy to every other process (a no-op without a shared cache)."""
+        ...
+
+    def hit(self, bucket: str, limit: int, period: float) -> float:
+        """Count a request against ``limit`` per ``period`` seconds for ``bucket``: 0 when it
+        may go ahead, else the seconds to wait."""
+        ...
+
     def close(self) -> None: ...
+
+
+class SeenBuffer:
+    """Last-seen times waiting to be written: the newest time per server, thread-safe."""
+
+    def __init__(self) -> None:
+        self._times: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, server_id: int, ts: float) -> None:
+        with self._lock:
+            if self._times.get(server_id, 0.0) < ts:
+                self._times[server_id] = ts
+
+    def add_all(self, times: dict[int, float]) -> None:
+        """Put times back (a write failed), never lowering a newer one."""
+        with self._lock:
+            for k, v in times.items():
+                if self._times.get(k, 0.0) < v:
+                    self._times[k] = v
+
+    def take(self) -> dict[int, float]:
+        with self._lock:
+            batch, self._times = self._times, {}
+        return batch
+
+    def snapshot(self) -> dict[int, float]:
+        with self._lock:
+            return dict(self._times)
+
+    def forget(self, handed_on: dict[int, float]) -> None:
+        """Drop times that were handed on elsewhere (unless a newer one came meanwhile)."""
+        with self._lock:
+            for k, v in handed_on.items():
+                if self._times.get(k) == v:
+                    del self._times[k]
 
 
 class LocalCoordinator:
@@ -65,7 +114,8 @@ class LocalCoordinator:
     def __init__(self, db: Database, flush_interval: float) -> None:
         self.db = db
         self.flush_interval = flush_interval
-        self._seen: dict[int, float] = {}
+        self.seen = SeenBuffer()  # written to the database by flush_seen()
+        self._tat: dict[str, float] = {}  # rate limits
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -93,24 +143,53 @@ class LocalCoordinator:
 
     def bump(self, session: Session, *names: str) -> None:
         for name in names:
+            self.bump_returning(session, name)
+
+    def bump_returning(self, session: Session, name: str) -> int:
+        """Add one to a collection's version inside the caller's transaction; the new value."""
+        return int(
             session.execute(
-                text("UPDATE state_versions SET version = version + 1 WHERE name = :n"),
+                text(
+                    "UPDATE state_versions SET version = version + 1 WHERE name = :n "
+                    "RETURNING version"
+                ),
                 {"n": name},
-            )
+            ).scalar_one()
+        )
+
+    def shared_get(self, collection: str, version: str, key: str) -> bytes | None:
+        return None  # nothing is shared between processes without Redis
+
+    def shared_set(self, collection: str, version: str, key: str, value: bytes) -> None:
+        return None
+
+    def hit(self, bucket: str, limit: int, period: float) -> float:
+        # GCRA: one "theoretical arrival time" per bucket; a burst of ``limit`` is allowed, then
+        # one request every period/limit seconds.
+        if limit <= 0:
+            return 0.0
+        interval = period / limit
+        tolerance = interval * (limit - 1)
+        now = time.monotonic()
+        with self._lock:
+            tat = max(self._tat.get(bucket, now), now)
+            wait = tat - tolerance - now
+            if wait > 0:
+                return wait
+            self._tat[bucket] = tat + interval
+            if len(self._tat) > 100_000:  # forget buckets that are back to full
+                self._tat = {k: v for k, v in self._tat.items() if v > now}
+        return 0.0
 
     def mark_seen(self, server_id: int, ts: float) -> None:
-        with self._lock:
-            if self._seen.get(server_id, 0.0) < ts:
-                self._seen[server_id] = ts
+        self.seen.add(server_id, ts)
         self._ensure_flusher()
 
     def pending_seen(self) -> dict[int, float]:
-        with self._lock:
-            return dict(self._seen)
+        return self.seen.snapshot()
 
     def flush_seen(self) -> int:
-        with self._lock:
-            batch, self._seen = self._seen, {}
+        batch = self.seen.take()
         if not batch:
             return 0
         try:
@@ -124,10 +203,7 @@ class LocalCoordinator:
                 )
         except Exception:
             # Keep the times for the next round rather than lose them.
-            with self._lock:
-                for k, v in batch.items():
-                    if self._seen.get(k, 0.0) < v:
-                        self._seen[k] = v
+            self.seen.add_all(batch)
             log.warning("could not write last-seen times; will retry", exc_info=True)
             return 0
         return len(batch)
@@ -156,6 +232,17 @@ class LocalCoordinator:
 
 def init_app(app: Flask, coordinator: Coordinator) -> None:
     app.extensions[EXT] = coordinator
+
+
+def create_coordinator(
+    db: Database, redis_url: str | None, prefix: str, flush: float
+) -> Coordinator:
+    """Redis when a URL is configured, else the in-process coordinator."""
+    if redis_url:
+        from .cache_redis import RedisCoordinator
+
+        return RedisCoordinator(db, redis_url, prefix, flush)
+    return LocalCoordinator(db, flush)
 
 
 def get_coordinator() -> Coordinator:

@@ -6,6 +6,7 @@ import re
 import threading
 from dataclasses import dataclass
 
+import msgspec
 from flask import Flask, current_app
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
@@ -110,6 +111,9 @@ def seed_default_fields(session: Session) -> int:
     return added
 
 
+_decode_specs = msgspec.json.Decoder(dict[str, dict[str, FieldSpec]]).decode
+
+
 class FieldRegistry:
     """All fields by measurement then name, reloaded when the 'fields' version moves."""
 
@@ -123,12 +127,22 @@ class FieldRegistry:
         version = request_versions().get("fields", 0)
         if version == self._version:
             return self._specs
-        rows = (session or db.session()).execute(select(FieldConfig)).scalars().all()
-        specs: dict[str, dict[str, FieldSpec]] = {}
-        for f in rows:
-            specs.setdefault(f.measurement, {})[f.name] = FieldSpec(
-                f.measurement, f.name, f.type, f.min_value, f.max_value, f.enabled, f.unit
-            )
+        coord = get_coordinator()
+        raw = coord.shared_get("fields", str(version), "all")
+        specs: dict[str, dict[str, FieldSpec]] | None = None
+        if raw is not None:
+            try:
+                specs = _decode_specs(raw)
+            except msgspec.DecodeError:
+                specs = None
+        if specs is None:
+            rows = (session or db.session()).execute(select(FieldConfig)).scalars().all()
+            specs = {}
+            for f in rows:
+                specs.setdefault(f.measurement, {})[f.name] = FieldSpec(
+                    f.measurement, f.name, f.type, f.min_value, f.max_value, f.enabled, f.unit
+                )
+            coord.shared_set("fields", str(version), "all", msgspec.json.encode(specs))
         with self._lock:
             self._specs, self._version = specs, version
         return specs

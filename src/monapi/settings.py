@@ -152,6 +152,13 @@ class Settings(BaseSettings):
         "60/minute",  # type: ignore[assignment]  # parsed by the BeforeValidator
         description=f"registrations per client address: {RATE_HELP}",
     )
+    proxy_hops: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="reverse proxies in front of monapi whose X-Forwarded-For is trusted "
+        "(client addresses for rate limits and logs); 0 when clients connect directly",
+    )
     unknown_fields: Literal["reject", "discover", "drop"] = Field(
         "reject",
         description="what to do with a field that is not configured: reject, discover, drop",

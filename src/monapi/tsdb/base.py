@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -110,6 +111,8 @@ class TimeSeriesStore(Protocol):
 
 StoreFactory = Callable[[Settings], TimeSeriesStore]
 _REGISTRY: dict[str, StoreFactory] = {}
+# Backends imported only when chosen: module (in this package) -> its ``create`` function.
+_MODULES = {"sqlite": "sqlite", "influxdb": "influxdb", "victoriametrics": "victoriametrics"}
 
 
 def register(name: str, factory: StoreFactory) -> None:
@@ -119,9 +122,11 @@ def register(name: str, factory: StoreFactory) -> None:
 
 def create_store(settings: Settings) -> TimeSeriesStore:
     """The configured backend."""
-    try:
-        factory = _REGISTRY[settings.tsdb]
-    except KeyError:
-        choices = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"MONAPI_TSDB={settings.tsdb!r} is not one of: {choices}") from None
+    factory = _REGISTRY.get(settings.tsdb)
+    if factory is None and settings.tsdb in _MODULES:
+        module = importlib.import_module(f"{__package__}.{_MODULES[settings.tsdb]}")
+        factory = _REGISTRY.get(settings.tsdb) or module.create
+    if factory is None:
+        choices = ", ".join(sorted({*_REGISTRY, *_MODULES}))
+        raise ValueError(f"MONAPI_TSDB={settings.tsdb!r} is not one of: {choices}")
     return factory(settings)

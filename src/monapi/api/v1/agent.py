@@ -51,7 +51,7 @@ def agent_config() -> tuple[dict[str, Any], str]:
 
 @bp.get(
     "/agent/config",
-    responses={200: AgentConfig, 304: None, **errors(401, 403)},
+    responses={200: AgentConfig, 304: None, **errors(401, 403, 429)},
 )
 @requires(BP, SERVER)
 def get_agent_config() -> Response | dict[str, Any]:
@@ -71,7 +71,7 @@ def get_agent_config() -> Response | dict[str, Any]:
 
 @bp.post(
     "/agent/heartbeat",
-    responses={200: HeartbeatOut, **errors(400, 401, 403, 413, 415, 422)},
+    responses={200: HeartbeatOut, **errors(400, 401, 403, 413, 415, 422, 429)},
 )
 @requires(BP, SERVER)
 def heartbeat(body: Heartbeat) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def _result(res: ValidationResult, accepted: int) -> dict[str, Any]:
     responses={
         204: None,
         200: IngestResult,
-        **errors(400, 401, 403, 413, 415, 422, 503),
+        **errors(400, 401, 403, 413, 415, 422, 429, 503),
     },
     openapi_extensions=_DOC,
 )

@@ -22,7 +22,7 @@ BP = bp.name
 
 @bp.get(
     "/servers/<int:server_id>/metrics",
-    responses={200: MetricsOut, **errors(400, 401, 403, 404, 422, 503)},
+    responses={200: MetricsOut, **errors(400, 401, 403, 404, 422, 429, 503)},
 )
 @requires(BP, ADMIN, SERVER)
 def server_metrics(path: ServerPath, query: MetricsQuery) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def server_metrics(path: ServerPath, query: MetricsQuery) -> dict[str, Any]:
 
 @bp.get(
     "/servers/<int:server_id>/latest",
-    responses={200: LatestOut, **errors(401, 403, 404, 422, 503)},
+    responses={200: LatestOut, **errors(401, 403, 404, 422, 429, 503)},
 )
 @requires(BP, ADMIN, SERVER)
 def server_latest(path: ServerPath) -> dict[str, Any]:

@@ -30,7 +30,7 @@ BP = bp.name
 
 @bp.post(
     "/servers",
-    responses={201: ServerCreated, **errors(400, 401, 403, 409, 413, 415, 422)},
+    responses={201: ServerCreated, **errors(400, 401, 403, 409, 413, 415, 422, 429)},
 )
 @requires(BP, ADMIN, ENROLL)
 def create_server(body: ServerCreate) -> tuple[dict[str, Any], int]:
@@ -49,7 +49,7 @@ def create_server(body: ServerCreate) -> tuple[dict[str, Any], int]:
 
 @legacy.post(
     "/register_server",
-    responses={201: LegacyRegistered, **errors(400, 401, 403, 409, 413, 415, 422)},
+    responses={201: LegacyRegistered, **errors(400, 401, 403, 409, 413, 415, 422, 429)},
 )
 @requires(legacy.name, ADMIN, ENROLL)
 def register_server(body: LegacyRegister) -> tuple[dict[str, Any], int]:
@@ -90,7 +90,7 @@ def list_servers(query: ServerListQuery) -> dict[str, Any]:
     }
 
 
-@bp.get("/servers/<int:server_id>", responses={200: ServerOut, **errors(401, 403, 404, 422)})
+@bp.get("/servers/<int:server_id>", responses={200: ServerOut, **errors(401, 403, 404, 422, 429)})
 @requires(BP, ADMIN, SERVER)
 def get_server(path: ServerPath) -> dict[str, Any]:
     """One server (a server key may read only its own)."""

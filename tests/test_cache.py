@@ -1,0 +1,313 @@
+"""The cache layer, in-process and on Redis: invalidation across workers and instances, shared
+copies, last-seen tracking without a database write per push, and rate limits.
+
+Two app objects on one configuration store stand for two gunicorn workers (or two monapi
+instances): each has its own process-level caches, exactly as separate processes would.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import event, text
+
+from monapi import create_app
+from monapi.cache_redis import RedisCoordinator
+
+from .conftest import _created, bearer, make_app, push, register_server
+
+CACHES = ["local", "redis"]
+
+
+@dataclass
+class Pair:
+    """Two instances of monapi on one configuration store (and one Redis, if any)."""
+
+    kind: str
+    a: Flask
+    b: Flask
+    token: str
+    settings: dict[str, Any]
+
+    @property
+    def ca(self) -> FlaskClient:
+        return self.a.test_client()
+
+    @property
+    def cb(self) -> FlaskClient:
+        return self.b.test_client()
+
+    def another(self, **overrides: Any) -> Flask:
+        app = create_app({**self.settings, **overrides, "TESTING": True})
+        _created.append(app)
+        return app
+
+
+def cache_settings(request: pytest.FixtureRequest, kind: str) -> dict[str, Any]:
+    if kind == "local":
+        return {}
+    url = request.getfixturevalue("redis_url")
+    return {"redis_url": url, "redis_prefix": f"t{uuid.uuid4().hex[:10]}"}
+
+
+@pytest.fixture(params=CACHES)
+def make_pair(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Pair]:
+    kind: str = request.param
+
+    def make(**overrides: Any) -> Pair:
+        data = tmp_path / "d"
+        settings = {
+            "data_dir": data,
+            "log_level": "WARNING",
+            "rate_limit_server": "0",
+            "rate_limit_register": "0",
+            **cache_settings(request, kind),
+            **overrides,
+        }
+        a, token = make_app(data, **settings)
+        b = create_app({**settings, "TESTING": True})
+        _created.append(b)
+        return Pair(kind, a, b, token, settings)
+
+    return make
+
+
+def eventually(check: Callable[[], bool], within: float = 1.0) -> float:
+    """Seconds until ``check()`` held; fails if it did not within ``within`` seconds."""
+    t0 = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > within:
+            pytest.fail(f"not true within {within} s")
+        time.sleep(0.02)
+
+
+def sql_log(app: Flask) -> list[str]:
+    """Every SQL statement the app's configuration store runs from now on."""
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(app.extensions["monapi.db"].engine, "before_cursor_execute", record)
+    return statements
+
+
+def test_readyz_names_the_cache(make_pair: Callable[..., Pair]) -> None:
+    p = make_pair()
+    checks = p.ca.get("/readyz").get_json()["checks"]
+    assert checks["cache"] == {"backend": p.kind, "status": "ok"}
+
+
+def test_a_rotated_key_stops_working_on_the_other_instance_within_a_second(
+    make_pair: Callable[..., Pair],
+) -> None:
+    p = make_pair()
+    s = register_server(p.ca, p.token)
+    assert push(p.cb, s["api_key"], {"fields": {"load1": 1.0}}).status_code == 204  # b caches
+    resp = p.ca.post(f"/api/v1/servers/{s['id']}/rotate-key", headers=bearer(p.token))
+    new_key = resp.get_json()["api_key"]
+    eventually(lambda: push(p.cb, s["api_key"], {"fields": {"load1": 1.0}}).status_code == 401)
+    assert push(p.cb, new_key, {"fields": {"load1": 1.0}}).status_code == 204
+
+
+def test_a_revoked_enrollment_token_stops_working_on_the_other_instance_within_a_second(
+    make_pair: Callable[..., Pair],
+) -> None:
+    p = make_pair()
+    tok = p.ca.post("/api/v1/enrollment-tokens", json={}, headers=bearer(p.token)).get_json()
+    register_server(p.cb, tok["token"], "one")  # b caches the token record
+    p.ca.delete(f"/api/v1/enrollment-tokens/{tok['id']}", headers=bearer(p.token))
+
+    def refused() -> bool:
+        resp = p.cb.post(
+            "/api/v1/servers",
+            json={"hostname": f"h-{uuid.uuid4().hex[:6]}", "ip_address": "192.0.2.9"},
+            headers=bearer(tok["token"]),
+        )
+        return resp.status_code == 401
+
+    eventually(refused)
+
+
+def test_a_disabled_field_is_refused_on_the_other_instance_within_a_second(
+    make_pair: Callable[..., Pair],
+) -> None:
+    p = make_pair()
+    key = register_server(p.ca, p.token)["api_key"]
+    assert push(p.cb, key, {"fields": {"load5": 1.0}}).status_code == 204  # b caches fields
+    fields = p.ca.get("/api/v1/fields?measurement=system", headers=bearer(p.token)).get_json()
+    load5 = next(f for f in fields["items"] if f["name"] == "load5")
+    p.ca.patch(f"/api/v1/fields/{load5['id']}", headers=bearer(p.token), json={"enabled": False})
+    eventually(lambda: push(p.cb, key, {"fields": {"load5": 1.0}}).status_code == 422)
+
+
+def test_with_redis_the_other_instance_reads_key_records_from_redis_not_the_database(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    settings = {"data_dir": tmp_path / "d", **cache_settings(request, "redis")}
+    a, token = make_app(tmp_path / "d", **settings)
+    b = create_app({**settings, "log_level": "WARNING", "TESTING": True})
+    _created.append(b)
+    key = register_server(a.test_client(), token)["api_key"]
+    assert push(a.test_client(), key, {"fields": {"load1": 1.0}}).status_code == 204
+    statements = sql_log(b)
+    assert push(b.test_client(), key, {"fields": {"load1": 2.0}}).status_code == 204
+    touched = " ".join(statements).lower()
+    assert "api_keys" not in touched and "field_config" not in touched, statements
+    r = redis.Redis.from_url(settings["redis_url"])
+    assert r.keys(f"{settings['redis_prefix']}:c:keys:*") and r.keys(
+        f"{settings['redis_prefix']}:c:fields:*"
+    )
+
+
+def test_a_change_whose_announcement_was_lost_is_caught_by_reconciliation(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    settings = {"data_dir": tmp_path / "d", **cache_settings(request, "redis")}
+    a, token = make_app(tmp_path / "d", **settings)
+    coord = a.extensions["monapi.cache"]
+    assert isinstance(coord, RedisCoordinator)
+    coord.reconcile_s = 0.5
+    c = a.test_client()
+    key = register_server(c, token)["api_key"]
+    assert push(c, key, {"fields": {"load1": 1.0}}).status_code == 204
+    # Revoke behind Redis' back, as if Redis had been away at the commit.
+    with a.extensions["monapi.db"].engine.begin() as conn:
+        conn.execute(
+            text("UPDATE api_keys SET revoked_at = CURRENT_TIMESTAMP WHERE kind = 'server'")
+        )
+        conn.execute(text("UPDATE state_versions SET version = version + 1 WHERE name = 'keys'"))
+    eventually(lambda: push(c, key, {"fields": {"load1": 1.0}}).status_code == 401, within=2.0)
+
+
+def test_a_push_does_not_write_the_database_and_last_seen_is_flushed_later(
+    make_pair: Callable[..., Pair],
+) -> None:
+    p = make_pair(last_seen_flush="1h")  # nothing flushes on its own during the test
+    s = register_server(p.ca, p.token)
+    statements = sql_log(p.a)
+    for i in range(20):
+        assert push(p.ca, s["api_key"], {"fields": {"load1": float(i)}}).status_code == 204
+    writes = [x for x in statements if x.lstrip().upper().startswith(("UPDATE", "INSERT"))]
+    assert writes == []
+    with p.a.app_context():
+        assert p.a.extensions["monapi.cache"].flush_seen() == 1
+    with p.a.extensions["monapi.db"].engine.connect() as conn:
+        seen = conn.execute(text("SELECT last_seen FROM servers WHERE id = :i"), {"i": s["id"]})
+        assert seen.scalar_one() is not None
+
+
+def test_with_redis_every_instance_shows_the_same_status(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    settings = {
+        "data_dir": tmp_path / "d",
+        "last_seen_flush": "1h",
+        **cache_settings(request, "redis"),
+    }
+    a, token = make_app(tmp_path / "d", **settings)
+    b = create_app({**settings, "log_level": "WARNING", "TESTING": True})
+    _created.append(b)
+    s = register_server(a.test_client(), token)
+    assert push(a.test_client(), s["api_key"], {"fields": {"load1": 1.0}}).status_code == 204
+
+    def online_on_b() -> bool:
+        body = b.test_client().get(f"/api/v1/servers/{s['id']}", headers=bearer(token))
+        return bool(body.get_json()["status"] == "online")
+
+    eventually(online_on_b, within=2.5)  # pushed to Redis every second, not written to SQL
+    with a.extensions["monapi.db"].engine.connect() as conn:
+        seen = conn.execute(text("SELECT last_seen FROM servers WHERE id = :i"), {"i": s["id"]})
+        assert seen.scalar_one() is None
+
+
+def test_the_server_key_rate_limit_answers_429_with_retry_after(
+    make_pair: Callable[..., Pair],
+) -> None:
+    p = make_pair(rate_limit_server="3/minute")
+    s1 = register_server(p.ca, p.token, "one")
+    s2 = register_server(p.ca, p.token, "two")
+    for _ in range(3):
+        assert push(p.ca, s1["api_key"], {"fields": {"load1": 1.0}}).status_code == 204
+    resp = push(p.ca, s1["api_key"], {"fields": {"load1": 1.0}})
+    assert resp.status_code == 429
+    body = resp.get_json()
+    assert body["code"] == "rate_limited" and "3 per 60 s" in body["error"]
+    assert 1 <= int(resp.headers["Retry-After"]) <= 20  # one request every 20 s
+    assert push(p.ca, s2["api_key"], {"fields": {"load1": 1.0}}).status_code == 204
+    assert p.ca.get("/api/v1/servers", headers=bearer(p.token)).status_code == 200  # admin
+    # Shared across instances with Redis; per process without it.
+    other = push(p.cb, s1["api_key"], {"fields": {"load1": 1.0}}).status_code
+    assert other == (429 if p.kind == "redis" else 204)
+
+
+def test_registration_is_limited_per_client_address_even_with_bad_tokens(
+    make_pair: Callable[..., Pair],
+) -> None:
+    p = make_pair(rate_limit_register="2/hour")
+    body = {"hostname": "x", "ip_address": "192.0.2.1"}
+    here = {"REMOTE_ADDR": "198.51.100.7"}
+    bad = bearer("mke_0123456789abcdef_" + "A" * 43)
+    assert (
+        p.ca.post("/api/v1/servers", json=body, headers=bad, environ_base=here).status_code == 401
+    )
+    assert (
+        p.ca.post(
+            "/api/v1/servers", json=body, headers=bearer(p.token), environ_base=here
+        ).status_code
+        == 201
+    )
+    resp = p.ca.post("/api/register_server", json=body, headers=bearer(p.token), environ_base=here)
+    assert resp.status_code == 429 and int(resp.headers["Retry-After"]) > 0
+    assert "198.51.100.7" in resp.get_json()["error"]
+    elsewhere = {"REMOTE_ADDR": "198.51.100.8"}
+    body2 = {"hostname": "y", "ip_address": "192.0.2.2"}
+    resp = p.ca.post("/api/v1/servers", json=body2, headers=bearer(p.token), environ_base=elsewhere)
+    assert resp.status_code == 201
+
+
+def test_behind_a_proxy_the_forwarded_address_is_the_one_limited(tmp_path: Path) -> None:
+    app, token = make_app(tmp_path / "d", rate_limit_register="1/hour", proxy_hops=1)
+    c = app.test_client()
+    proxy = {"REMOTE_ADDR": "127.0.0.1"}
+
+    def register(client_ip: str, host: str) -> int:
+        return c.post(
+            "/api/v1/servers",
+            json={"hostname": host, "ip_address": "192.0.2.1"},
+            headers={**bearer(token), "X-Forwarded-For": client_ip},
+            environ_base=proxy,
+        ).status_code
+
+    assert register("203.0.113.1", "a") == 201
+    assert register("203.0.113.2", "b") == 201  # another client behind the same proxy
+    assert register("203.0.113.1", "c") == 429
+
+
+def test_without_redis_answering_monapi_keeps_serving(tmp_path: Path) -> None:
+    from .engines import free_port
+
+    app, token = make_app(
+        tmp_path / "d", redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_server="100/s"
+    )
+    c = app.test_client()
+    s = register_server(c, token)
+    assert push(c, s["api_key"], {"fields": {"load1": 1.0}}).status_code == 204
+    resp = c.post(f"/api/v1/servers/{s['id']}/rotate-key", headers=bearer(token))
+    assert resp.status_code == 200
+    assert push(c, s["api_key"], {"fields": {"load1": 1.0}}).status_code == 401  # at once
+    ready = c.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["details"][0]["location"] == "cache"
+    assert "redis" in ready.get_json()["error"]
