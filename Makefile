@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint format bench clean
+.PHONY: install engines serve test lint format bench clean
+
+# Debian packages of the engines the tests start as throwaway processes.
+ENGINE_PKGS := influxdb victoria-metrics
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,8 +22,23 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/monapi serve
 
+## Install the InfluxDB and VictoriaMetrics packages the tests need, if missing (as root or
+## with sudo); PostgreSQL and Redis are expected to be running already.
+engines:
+	@missing=""; \
+	command -v influxd >/dev/null 2>&1 || missing="$$missing influxdb"; \
+	command -v victoria-metrics >/dev/null 2>&1 || missing="$$missing victoria-metrics"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; \
+	  else echo "cannot install$$missing: not root and no sudo (the tests will say so)"; exit 0; fi; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing \
+	    || { $$SUDO apt-get update -q && \
+	         $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
+	fi
+
 ## Set up (first time), lint, type-check and run the whole test suite.
-test: lint
+test: lint engines
 	$(BIN)/pytest
 
 lint: $(STAMP)
