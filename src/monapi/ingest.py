@@ -34,8 +34,14 @@ from .tsdb.base import Rejection
 MAX_ERRORS = 100
 MAX_TAGS = 32
 MAX_STRING_VALUE = 4096
-RESERVED_TAGS = ("host", "server_id")
-TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
+# Set by monapi on every stored point: the server's identity from its key, and (in
+# VictoriaMetrics, where a metric is named <measurement>_<field>) the measurement.
+RESERVED_TAGS = ("host", "server_id", "measurement")
+# 1-64 of letters, digits, _ . -, not starting with "__" (engines keep those for themselves:
+# __name__ is the metric name in VictoriaMetrics and Prometheus).
+TAG_KEY_RE = re.compile(
+    r"^(?:[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}|_(?:[A-Za-z0-9.\-][A-Za-z0-9_.\-]{0,62})?)$"
+)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 RawValue = bool | int | float | str
 
@@ -373,7 +379,12 @@ class Validator:
         for k, v in raw.items():
             if k not in good:
                 if not TAG_KEY_RE.fullmatch(k):
-                    res.error(i, None, f"tag key {k[:80]!r} is not valid (letters, digits, _ . -)")
+                    res.error(
+                        i,
+                        None,
+                        f"tag key {k[:80]!r} is not valid (1-64 of letters, digits, _ . -;"
+                        " not starting with __)",
+                    )
                     continue
                 if k in RESERVED_TAGS:
                     res.error(i, None, f"tag {k!r} is reserved: it is set from the API key")
