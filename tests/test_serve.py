@@ -17,7 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urljoin
 
+import psycopg
 import pytest
+
+from . import engines
 
 
 def free_port() -> int:
@@ -84,18 +87,31 @@ def start_instance(
     pytest.fail("monapi serve did not answer: " + out.read_text())
 
 
-# "sqlite": one instance on the embedded defaults. "postgresql+redis": the scale-out layout,
-# two instances (each gunicorn with two workers) sharing one PostgreSQL database and one Redis.
-@pytest.fixture(scope="module", params=["sqlite", "postgresql+redis"])
+# "sqlite": one instance on the embedded defaults. The other: the scale-out layout, two
+# instances (each gunicorn with two workers) sharing one PostgreSQL database, one Redis and one
+# VictoriaMetrics.
+@pytest.fixture(scope="module", params=["sqlite", "postgresql+redis+victoriametrics"])
 def served(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     env: dict[str, str] = {}
     count = 1
-    if request.param == "postgresql+redis":
+    sync: Any = lambda: None  # noqa: E731
+    if request.param == "postgresql+redis+victoriametrics":
         dbs = request.getfixturevalue("pg_databases")
+        vm_url = request.getfixturevalue("victoriametrics_url")
+        db_url = dbs.new()
+        # One VictoriaMetrics serves the whole test session: keep these server ids apart.
+        with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            conn.execute("ALTER SEQUENCE servers_id_seq RESTART WITH 900000")
+
+        def sync() -> None:
+            engines.vm_flush(vm_url)
+
         env = {
-            "MONAPI_DATABASE_URL": dbs.new(),
+            "MONAPI_DATABASE_URL": db_url,
+            "MONAPI_TSDB": "victoriametrics",
+            "MONAPI_VICTORIAMETRICS_URL": vm_url,
             "MONAPI_REDIS_URL": request.getfixturevalue("redis_url"),
             "MONAPI_REDIS_PREFIX": f"serve{os.getpid()}",
             # Instances that share a database share these secrets.
@@ -118,6 +134,7 @@ def served(
             "procs": [p for p, _, _ in procs],
             "log": out,
             "kind": request.param,
+            "sync": sync,
         }
     finally:
         for proc, _, _ in procs:
@@ -150,8 +167,9 @@ def test_round_trip_over_http_across_workers(served: dict[str, Any]) -> None:
     points = [{"timestamp": now - i, "fields": {"load1": float(i)}} for i in range(50)]
     status, _, _ = call(base, "POST", "/api/v1/data", key, {"points": points})
     assert status == 204
+    served["sync"]()
     status, got, headers = call(
-        base,
+        served["bases"][-1],  # read through the other instance, where there is one
         "GET",
         f"/api/v1/servers/{server['id']}/metrics?fields=load1&start=-5m&agg=count&step=5m",
         key,
@@ -234,7 +252,11 @@ def test_readyz_names_every_backend(served: dict[str, Any]) -> None:
         if served["kind"] == "sqlite":
             assert backends == {"config_store": "sqlite", "tsdb": "sqlite", "cache": "local"}
         else:
-            assert backends == {"config_store": "postgresql", "tsdb": "sqlite", "cache": "redis"}
+            assert backends == {
+                "config_store": "postgresql",
+                "tsdb": "victoriametrics",
+                "cache": "redis",
+            }
 
 
 def test_sigterm_stops_cleanly(served: dict[str, Any]) -> None:
