@@ -3,8 +3,8 @@
 
 One command::
 
-    .venv/bin/python bench/run.py            # full run (about 1.5 minutes)
-    .venv/bin/python bench/run.py --quick    # short run (about 25 seconds)
+    .venv/bin/python bench/run.py            # full run (about 4 minutes)
+    .venv/bin/python bench/run.py --quick    # short run (about 1 minute)
 
 It starts ``monapi serve`` (gunicorn, gthread) on a free 127.0.0.1 port with a fresh temporary
 data directory, creates benchmark fields and servers through the API, then measures:
@@ -13,10 +13,14 @@ data directory, creates benchmark fields and servers through the API, then measu
   one server key each), for a bounded time; reports field values/s = stored points x 10 / time.
 * agent-sized requests: 1 point x 20 fields, 64 concurrent keep-alive connections (wrk, one
   server key per connection, fresh timestamps); reports requests/s and p50/p99 latency.
+* engines (bench/engines.py): the bulk batches through monapi into a throwaway InfluxDB and
+  VictoriaMetrics, interleaved round by round with the same points sent straight to the same
+  engine as gzip line protocol; reports both, per round and median, and their ratio.
 
-After each phase it counts the stored field values in the time-series file, so the numbers are data
-that was stored, not just replies. Traffic goes only to 127.0.0.1; every phase is bounded in time
-and count. gunicorn is stopped at the end (its whole process group), also on errors.
+After each phase it counts the stored field values in the time-series file (for the engines: in
+the engine), so the numbers are data that was stored, not just replies. Traffic goes only to
+127.0.0.1; every phase is bounded in time and count. gunicorn and the engines are stopped at the
+end, also on errors.
 
 The load generators run on the same machine as the server and compete for the same cores.
 Results are printed as a table and written as JSON to bench/results/.
@@ -42,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,25 +145,33 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by the gunicorn master and its workers."""
-        total = 0.0
-        for pid in [self.proc.pid, *self.worker_pids()]:
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{pid}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2 :].split()
-                total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
-        return total
+        return process_cpu_seconds([self.proc.pid, *self.worker_pids()])
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class CpuMeter:
-    """CPU seconds of the server, of this process (bulk senders) and of children (wrk)."""
+def process_cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) used so far by these processes (from /proc/<pid>/stat)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return total
 
-    def __init__(self, srv: Server) -> None:
+
+class CpuMeter:
+    """CPU seconds of the server, of this process (bulk senders), of children (wrk) and of
+    other named processes (``others``: name -> pids, for example the engine)."""
+
+    def __init__(self, srv: Server, others: Mapping[str, list[int]] | None = None) -> None:
         self.srv = srv
+        self.others = dict(others or {})
         self.t0 = time.perf_counter()
         self.server0 = srv.cpu_seconds()
+        self.others0 = {k: process_cpu_seconds(p) for k, p in self.others.items()}
         self.self0 = _rusage(resource.RUSAGE_SELF)
         self.children0 = _rusage(resource.RUSAGE_CHILDREN)
         self.machine0 = _machine_busy()
@@ -167,23 +179,27 @@ class CpuMeter:
     def result(self) -> dict[str, float]:
         wall = time.perf_counter() - self.t0
         server = self.srv.cpu_seconds() - self.server0
+        others = {k: process_cpu_seconds(p) - self.others0[k] for k, p in self.others.items()}
         client = _rusage(resource.RUSAGE_SELF) - self.self0
         children = _rusage(resource.RUSAGE_CHILDREN) - self.children0
         cores = os.cpu_count() or 1
         busy = _machine_busy() - self.machine0
-        return {
+        known = server + client + children + sum(others.values())
+        out = {
             "wall_s": round(wall, 2),
             "server_cpu_s": round(server, 2),
             "python_client_cpu_s": round(client, 2),
             "wrk_and_tools_cpu_s": round(children, 2),
             "server_share_of_machine": round(server / (wall * cores), 3),
             "load_generators_share_of_machine": round((client + children) / (wall * cores), 3),
-            # whatever else ran on the machine meanwhile (other users, the kernel): noise
-            "other_share_of_machine": round(
-                max(0.0, busy - server - client - children) / (wall * cores), 3
-            ),
-            "machine_busy_share": round(busy / (wall * cores), 3),
         }
+        for k, used in others.items():
+            out[f"{k}_cpu_s"] = round(used, 2)
+            out[f"{k}_share_of_machine"] = round(used / (wall * cores), 3)
+        # whatever else ran on the machine meanwhile (other users, the kernel): noise
+        out["other_share_of_machine"] = round(max(0.0, busy - known) / (wall * cores), 3)
+        out["machine_busy_share"] = round(busy / (wall * cores), 3)
+        return out
 
 
 def _machine_busy() -> float:
@@ -203,7 +219,14 @@ def _rusage(who: int) -> float:
 
 
 @contextlib.contextmanager
-def running_server(data_dir: Path, workers: int, threads: int, log_level: str) -> Iterator[Server]:
+def running_server(
+    data_dir: Path,
+    workers: int,
+    threads: int,
+    log_level: str,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[Server]:
+    """``monapi serve`` on a free loopback port; ``extra_env``: more MONAPI_* settings."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONAPI_")}
     env.update(
@@ -215,6 +238,7 @@ def running_server(data_dir: Path, workers: int, threads: int, log_level: str) -
         MONAPI_RATE_LIMIT_SERVER="0",
         MONAPI_RATE_LIMIT_REGISTER="0",
     )
+    env.update(extra_env or {})
     log_path = data_dir / "server.log"
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
@@ -413,40 +437,30 @@ class SenderStats:
     last_done: float = 0.0
 
 
-def _bulk_sender(
+BULK_TAGS = {"cpu": "cpu-total"}
+
+
+def send_batches(
     port: int,
-    key: str,
-    base_ns: int,
+    path: str,
+    headers: dict[str, str],
+    make_body: Callable[[int], bytes],
     deadline: float,
     max_batches: int,
-    pool: list[dict[str, float]],
     stats: SenderStats,
+    partly_accepted: Callable[[int, bytes], int] = lambda status, raw: 0,
 ) -> None:
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    """POST ``make_body(batch)`` (BULK_POINTS points each) on one keep-alive connection until
+    the deadline or ``max_batches``. A 204 accepts the whole batch; for any other status
+    ``partly_accepted(status, body)`` says how many of its points were accepted."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    tags = {"cpu": "cpu-total"}
-    enc = msgspec.json.Encoder()
     try:
         for batch in range(max_batches):
             if time.perf_counter() >= deadline:
                 break
-            first = batch * BULK_POINTS
-            body = enc.encode(
-                {
-                    "points": [
-                        {
-                            "measurement": MEASUREMENT,
-                            # distinct per point: 1 ms apart, one series set per sender
-                            "timestamp": base_ns + (first + j) * 1_000_000,
-                            "tags": tags,
-                            "fields": pool[j],
-                        }
-                        for j in range(BULK_POINTS)
-                    ]
-                }
-            )
+            body = make_body(batch)
             t0 = time.perf_counter()
-            conn.request("POST", "/api/v1/data", body=body, headers=headers)
+            conn.request("POST", path, body=body, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
             t1 = time.perf_counter()
@@ -457,8 +471,7 @@ def _bulk_sender(
                 stats.accepted_points += BULK_POINTS
             else:
                 stats.not_204 += 1
-                if resp.status == 200:
-                    stats.accepted_points += int(json.loads(raw)["accepted"])
+                stats.accepted_points += partly_accepted(resp.status, raw)
                 if len(stats.errors) < 5:
                     stats.errors.append(f"{resp.status} {raw[:200]!r}")
     except Exception as exc:
@@ -467,50 +480,80 @@ def _bulk_sender(
         conn.close()
 
 
-def run_bulk(
-    srv: Server, servers: list[dict[str, Any]], seconds: float, profile_dir: Path | None
-) -> dict[str, Any]:
-    rnd = random.Random(42)
-    pool = [
+def bulk_timestamp(base_ns: int, batch: int, j: int) -> int:
+    """Point j of a sender's batch: distinct per point, 1 ms apart, one series set per sender."""
+    return base_ns + (batch * BULK_POINTS + j) * 1_000_000
+
+
+def _bulk_sender(
+    port: int,
+    key: str,
+    base_ns: int,
+    deadline: float,
+    max_batches: int,
+    pool: list[dict[str, float]],
+    stats: SenderStats,
+) -> None:
+    """JSON batches to monapi's /api/v1/data with one server's key."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    enc = msgspec.json.Encoder()
+
+    def body(batch: int) -> bytes:
+        return enc.encode(
+            {
+                "points": [
+                    {
+                        "measurement": MEASUREMENT,
+                        "timestamp": bulk_timestamp(base_ns, batch, j),
+                        "tags": BULK_TAGS,
+                        "fields": pool[j],
+                    }
+                    for j in range(BULK_POINTS)
+                ]
+            }
+        )
+
+    def partly(status: int, raw: bytes) -> int:
+        return int(json.loads(raw)["accepted"]) if status == 200 else 0
+
+    send_batches(port, "/api/v1/data", headers, body, deadline, max_batches, stats, partly)
+
+
+def bulk_pool(seed: int = 42) -> list[dict[str, float]]:
+    """The field values of a batch (the same for every batch): BULK_POINTS x BULK_FIELDS."""
+    rnd = random.Random(seed)
+    return [
         {f"f{i}": round(rnd.uniform(0, 100), 2) for i in range(BULK_FIELDS)}
         for _ in range(BULK_POINTS)
     ]
-    ids = [s["id"] for s in servers]
-    before = stored_samples(srv.data_dir, ids)
-    # Timestamps start 6 hours back: well inside the accepted window, distinct per point.
-    base_ns = (int(time.time()) - 6 * 3600) * 1_000_000_000
-    max_batches = 10_000  # bound on count, besides the time bound
-    stats = [SenderStats() for _ in servers]
-    prof = Profiler(profile_dir, srv, "bulk", seconds)
-    cpu = CpuMeter(srv)
+
+
+def run_senders(
+    sender: Callable[[int, float, SenderStats], None], n: int, seconds: float
+) -> tuple[list[SenderStats], float]:
+    """``sender(i, deadline, stats)`` in n threads at once; their stats and the time from the
+    first send to the last reply."""
+    stats = [SenderStats() for _ in range(n)]
     start = time.perf_counter()
     deadline = start + seconds
     threads = [
-        threading.Thread(
-            target=_bulk_sender,
-            args=(srv.port, s["key"], base_ns, deadline, max_batches, pool, st),
-            daemon=True,
-        )
-        for s, st in zip(servers, stats, strict=True)
+        threading.Thread(target=sender, args=(i, deadline, st), daemon=True)
+        for i, st in enumerate(stats)
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=seconds + 180)
     end = max([st.last_done for st in stats if st.requests] or [time.perf_counter()])
-    cpu_used = cpu.result()
-    prof.wait()
-    elapsed = end - start
+    return stats, end - start
+
+
+def sender_summary(stats: list[SenderStats], elapsed: float) -> dict[str, Any]:
+    """Requests, accepted points and field values (per second) and latency of a send phase."""
     accepted = sum(st.accepted_points for st in stats)
-    stored = stored_samples(srv.data_dir, ids) - before
     lat = sorted(x for st in stats for x in st.latencies)
-    # Cross-check one server through the API: values of f0 stored for it.
-    s0, st0 = servers[0], stats[0]
-    t_start = base_ns // 1_000_000_000 - 1
-    t_end = (base_ns + st0.accepted_points * 1_000_000) // 1_000_000_000 + 1
-    via_api = api_count(srv, s0, "f0", t_start, t_end) if st0.accepted_points else 0
     return {
-        "senders": len(servers),
+        "senders": len(stats),
         "points_per_request": BULK_POINTS,
         "fields_per_point": BULK_FIELDS,
         "seconds": round(elapsed, 3),
@@ -519,6 +562,45 @@ def run_bulk(
         "errors": [e for st in stats for e in st.errors][:10],
         "accepted_points": accepted,
         "accepted_field_values": accepted * BULK_FIELDS,
+        "field_values_per_s": round(accepted * BULK_FIELDS / elapsed) if elapsed > 0 else 0,
+        "points_per_s": round(accepted / elapsed) if elapsed > 0 else 0,
+        "requests_per_sender": [st.requests for st in stats],
+        "latency_ms": {
+            "p50": round(_pct(lat, 50) * 1000, 1),
+            "p99": round(_pct(lat, 99) * 1000, 1),
+            "max": round((lat[-1] if lat else 0) * 1000, 1),
+        },
+    }
+
+
+def run_bulk(
+    srv: Server, servers: list[dict[str, Any]], seconds: float, profile_dir: Path | None
+) -> dict[str, Any]:
+    pool = bulk_pool()
+    ids = [s["id"] for s in servers]
+    before = stored_samples(srv.data_dir, ids)
+    # Timestamps start 6 hours back: well inside the accepted window, distinct per point.
+    base_ns = (int(time.time()) - 6 * 3600) * 1_000_000_000
+    max_batches = 10_000  # bound on count, besides the time bound
+
+    def sender(i: int, deadline: float, st: SenderStats) -> None:
+        _bulk_sender(srv.port, servers[i]["key"], base_ns, deadline, max_batches, pool, st)
+
+    prof = Profiler(profile_dir, srv, "bulk", seconds)
+    cpu = CpuMeter(srv)
+    stats, elapsed = run_senders(sender, len(servers), seconds)
+    cpu_used = cpu.result()
+    prof.wait()
+    summary = sender_summary(stats, elapsed)
+    accepted = summary["accepted_points"]
+    stored = stored_samples(srv.data_dir, ids) - before
+    # Cross-check one server through the API: values of f0 stored for it.
+    s0, st0 = servers[0], stats[0]
+    t_start = base_ns // 1_000_000_000 - 1
+    t_end = (base_ns + st0.accepted_points * 1_000_000) // 1_000_000_000 + 1
+    via_api = api_count(srv, s0, "f0", t_start, t_end) if st0.accepted_points else 0
+    return {
+        **summary,
         "stored_field_values": stored,
         # the time-series file and the API (one server's f0) agree with the 204 replies
         "stored_matches": stored == accepted * BULK_FIELDS and via_api == st0.accepted_points,
@@ -528,15 +610,7 @@ def run_bulk(
             "api_count": via_api,
             "expected": st0.accepted_points,
         },
-        "field_values_per_s": round(accepted * BULK_FIELDS / elapsed) if elapsed > 0 else 0,
-        "points_per_s": round(accepted / elapsed) if elapsed > 0 else 0,
-        "requests_per_sender": [st.requests for st in stats],
         "cpu": cpu_used,
-        "latency_ms": {
-            "p50": round(_pct(lat, 50) * 1000, 1),
-            "p99": round(_pct(lat, 99) * 1000, 1),
-            "max": round((lat[-1] if lat else 0) * 1000, 1),
-        },
     }
 
 
@@ -643,9 +717,30 @@ def run_agent(
 
 # Report ---------------------------------------------------------------------------------------
 def table(result: dict[str, Any]) -> str:
-    b, a = result["bulk"], result["agent"]
-    rows = [
-        ("Benchmark", "Result", "Goal", "Met"),
+    rows = [("Benchmark", "Result", "Goal", "Met")]
+    if "bulk" in result:
+        rows += _bulk_rows(result["bulk"])
+    if "agent" in result:
+        rows += _agent_rows(result["agent"])
+    if "engines" in result:
+        import engines
+
+        rows += engines.table_rows(result["engines"])
+    return format_table(rows)
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """A Markdown table; the first row is the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _bulk_rows(b: dict[str, Any]) -> list[tuple[str, ...]]:
+    return [
         (
             f"Bulk JSON ({BULK_POINTS} pts x {BULK_FIELDS} fields, {b['senders']} senders)",
             f"{b['field_values_per_s']:,} field values/s",
@@ -664,6 +759,11 @@ def table(result: dict[str, Any]) -> str:
             "0 / True",
             _yes(b["not_204"] == 0 and b["stored_matches"]),
         ),
+    ]
+
+
+def _agent_rows(a: dict[str, Any]) -> list[tuple[str, ...]]:
+    return [
         (
             f"Agent-sized (1 pt x {AGENT_FIELDS} fields, {a['connections']} conns)",
             f"{a['requests_per_s']:,} requests/s",
@@ -686,12 +786,6 @@ def table(result: dict[str, Any]) -> str:
             ),
         ),
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
-    ]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
 
 
 def _yes(ok: bool) -> str:
@@ -726,6 +820,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-seconds", type=float, default=None, help="agent warm-up (default 5)")
     ap.add_argument("--skip-bulk", action="store_true")
     ap.add_argument("--skip-agent", action="store_true")
+    ap.add_argument(
+        "--skip-engines", action="store_true", help="skip the InfluxDB/VictoriaMetrics comparison"
+    )
+    ap.add_argument(
+        "--engines",
+        default="influxdb,victoriametrics",
+        help="engines to compare, comma-separated (default influxdb,victoriametrics)",
+    )
+    ap.add_argument(
+        "--engine-rounds",
+        type=int,
+        default=None,
+        help="rounds of (direct, through monapi) per engine (default 3; --quick 2)",
+    )
+    ap.add_argument(
+        "--engine-seconds",
+        type=float,
+        default=None,
+        help="length of each direct or monapi run (default 12; --quick 3)",
+    )
     ap.add_argument("--log-level", default="INFO", help="MONAPI_LOG_LEVEL of the server (INFO)")
     ap.add_argument(
         "--profile",
@@ -742,7 +856,12 @@ def main(argv: list[str] | None = None) -> int:
     warm_s = args.warmup_seconds if args.warmup_seconds is not None else (2 if args.quick else 5)
     senders = args.bulk_senders or 2 * args.workers
     wrk_threads = args.wrk_threads or args.agent_connections
-    wrk = ensure_wrk()
+    engine_names = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if args.engine_rounds is not None and not 1 <= args.engine_rounds <= 50:
+        ap.error("--engine-rounds: 1 to 50")
+    if args.engine_seconds is not None and not 0 < args.engine_seconds <= 600:
+        ap.error("--engine-seconds: more than 0, at most 600")
+    wrk = ensure_wrk() if not args.skip_agent else ""
 
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -765,25 +884,40 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="monapi-bench-"))
     print(f"data dir {tmp}; {args.workers} workers x {args.threads} threads", flush=True)
     try:
-        with running_server(tmp / "data", args.workers, args.threads, args.log_level) as srv:
-            bulk_servers, agent_servers = set_up(srv, senders, args.agent_connections)
-            if not args.skip_bulk:
-                print(f"bulk: {senders} senders for {bulk_s:g} s ...", flush=True)
-                result["bulk"] = run_bulk(srv, bulk_servers, bulk_s, args.profile)
-                print(f"  {result['bulk']['field_values_per_s']:,} field values/s", flush=True)
-            if not args.skip_agent:
-                print(
-                    f"agent: {args.agent_connections} connections for {agent_s:g} s "
-                    f"(+{warm_s:g} s warm-up) ...",
-                    flush=True,
-                )
-                result["agent"] = run_agent(
-                    wrk, srv, agent_servers, agent_s, warm_s, wrk_threads, args.profile
-                )
-                print(f"  {result['agent']['requests_per_s']:,} requests/s", flush=True)
-            result["server_log_tail"] = (srv.data_dir / "server.log").read_text(errors="replace")[
-                -4000:
-            ]
+        if not (args.skip_bulk and args.skip_agent):
+            with running_server(tmp / "data", args.workers, args.threads, args.log_level) as srv:
+                n_agents = 0 if args.skip_agent else args.agent_connections
+                bulk_servers, agent_servers = set_up(srv, senders, n_agents)
+                if not args.skip_bulk:
+                    print(f"bulk: {senders} senders for {bulk_s:g} s ...", flush=True)
+                    result["bulk"] = run_bulk(srv, bulk_servers, bulk_s, args.profile)
+                    print(f"  {result['bulk']['field_values_per_s']:,} field values/s", flush=True)
+                if not args.skip_agent:
+                    print(
+                        f"agent: {args.agent_connections} connections for {agent_s:g} s "
+                        f"(+{warm_s:g} s warm-up) ...",
+                        flush=True,
+                    )
+                    result["agent"] = run_agent(
+                        wrk, srv, agent_servers, agent_s, warm_s, wrk_threads, args.profile
+                    )
+                    print(f"  {result['agent']['requests_per_s']:,} requests/s", flush=True)
+                result["server_log_tail"] = (srv.data_dir / "server.log").read_text(
+                    errors="replace"
+                )[-4000:]
+        if not args.skip_engines and engine_names:
+            import engines
+
+            opts = engines.Options(
+                workers=args.workers,
+                threads=args.threads,
+                senders=senders,
+                rounds=args.engine_rounds or (2 if args.quick else 3),
+                seconds=args.engine_seconds or (3.0 if args.quick else 12.0),
+                log_level=args.log_level,
+                profile_dir=args.profile,
+            )
+            result["engines"] = engines.run_engines(engine_names, tmp / "engines", opts)
     finally:
         if not args.keep_data:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -793,15 +927,24 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS_DIR / f"{stamp}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    if "bulk" in result and "agent" in result:
+    if any(k in result for k in ("bulk", "agent", "engines")):
         print()
         print(table(result))
+    if "engines" in result:
+        import engines
+
+        print()
+        print(engines.rounds_table(result["engines"]))
     m = result["machine"]
     print(
         f"\n{m['nproc']} x {m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}, "
         f"SQLite {m['sqlite']}; load generators share these cores with the server."
     )
     print(f"results: {out}")
+    if "engines" in result:
+        import engines
+
+        return engines.exit_status(result["engines"])
     return 0
 
 

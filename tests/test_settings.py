@@ -75,3 +75,38 @@ def test_importing_reads_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delitem(sys.modules, name)
     for mod in ("monapi", "monapi.app", "monapi.wsgi", "monapi.cli"):
         importlib.import_module(mod)
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("600/minute", (600, 60.0)),
+        ("5/s", (5, 1.0)),
+        ("100/10s", (100, 10.0)),
+        ("2/hour", (2, 3600.0)),
+        ("0", (0, 0.0)),
+        ("off", (0, 0.0)),
+    ],
+)
+def test_rate_limits_are_read_from_the_environment_as_text(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str, parsed: tuple[int, float]
+) -> None:
+    monkeypatch.setenv("MONAPI_RATE_LIMIT_SERVER", text)
+    monkeypatch.setenv("MONAPI_RATE_LIMIT_REGISTER", text)
+    s = load_settings({"data_dir": tmp_path})
+    assert s.rate_limit_server == parsed and s.rate_limit_register == parsed
+
+
+def test_backend_settings_are_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name, value, hint in [
+        ("MONAPI_RATE_LIMIT_SERVER", "lots", "N/minute"),
+        ("MONAPI_TSDB", "mongodb", "victoriametrics"),
+        ("MONAPI_INFLUXDB_URL", "influx:8086", "http://HOST:PORT"),
+        ("MONAPI_VICTORIAMETRICS_TENANT", "acme", "accountID"),
+        ("MONAPI_REDIS_URL", "localhost:6379", "redis://HOST:PORT/DB"),
+    ]:
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError) as err:
+            load_settings({"data_dir": tmp_path})
+        assert name in str(err.value) and hint in str(err.value), str(err.value)
+        monkeypatch.delenv(name)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MONAPI_"
 
@@ -65,7 +65,8 @@ def parse_rate(value: object) -> tuple[int, float]:
     return count, float(period)
 
 
-RateLimit = Annotated[tuple[int, float], BeforeValidator(parse_rate)]
+# NoDecode: from the environment this is text such as "600/minute", not JSON.
+RateLimit = Annotated[tuple[int, float], BeforeValidator(parse_rate), NoDecode]
 
 
 class ConfigError(Exception):
