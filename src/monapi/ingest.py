@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import math
 import re
+import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ TAG_KEY_RE = re.compile(
     r"^(?:[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}|_(?:[A-Za-z0-9.\-][A-Za-z0-9_.\-]{0,62})?)$"
 )
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_FLOAT_MAX = sys.float_info.max
 RawValue = bool | int | float | str
 
 
@@ -288,6 +290,22 @@ class Validator:
         self.oldest = self.now_ns - int(max_age_s * 1e9)
         self.newest = self.now_ns + int(max_future_s * 1e9)
         self._good_tag_keys: set[str] = set()
+        self._good_tag_values: set[str] = set()
+        # measurement -> {float field: (low, high)} for the fast path; a valid measurement name
+        # is in here once seen.
+        self._fast: dict[str, dict[str, tuple[float, float]]] = {}
+
+    def _fast_bounds(self, meas: str) -> dict[str, tuple[float, float]]:
+        bounds = {
+            name: (
+                -_FLOAT_MAX if spec.min is None else max(spec.min, -_FLOAT_MAX),
+                _FLOAT_MAX if spec.max is None else min(spec.max, _FLOAT_MAX),
+            )
+            for name, spec in (self.specs.get(meas) or {}).items()
+            if spec.enabled and spec.type == "float"
+        }
+        self._fast[meas] = bounds
+        return bounds
 
     def validate(self, points: Sequence[Any]) -> ValidationResult:
         res = ValidationResult()
@@ -301,12 +319,17 @@ class Validator:
                     continue
                 meas, raw_fields, raw_ts, raw_tags = shaped
             before = res.error_count
-            if not MEASUREMENT_RE.fullmatch(meas):
-                res.error(
-                    i, None, f"measurement {meas[:80]!r} is not a valid name ({MEASUREMENT_HELP})"
-                )
-                res.rejected += 1
-                continue
+            fast = self._fast.get(meas)
+            if fast is None:
+                if not MEASUREMENT_RE.fullmatch(meas):
+                    res.error(
+                        i,
+                        None,
+                        f"measurement {meas[:80]!r} is not a valid name ({MEASUREMENT_HELP})",
+                    )
+                    res.rejected += 1
+                    continue
+                fast = self._fast_bounds(meas)
             try:
                 ts = parse_timestamp(raw_ts, self.now_ns)
             except ValueError as exc:
@@ -323,6 +346,14 @@ class Validator:
             mspecs = specs.get(meas)
             out: dict[str, RawValue] = {}
             for name, value in raw_fields.items():
+                if type(value) is float:
+                    # The common case, without a call: an enabled float field, in its bounds
+                    # (which exclude inf; NaN fails every comparison). Anything else takes
+                    # the full check below, which also says why.
+                    bounds = fast.get(name)
+                    if bounds is not None and bounds[0] <= value <= bounds[1]:
+                        out[name] = value
+                        continue
                 spec = mspecs.get(name) if mspecs is not None else None
                 if spec is None:
                     self._unknown(i, meas, name, value, out, res)
@@ -390,8 +421,12 @@ class Validator:
                     res.error(i, None, f"tag {k!r} is reserved: it is set from the API key")
                     continue
                 good.add(k)
+            if v in self._good_tag_values:
+                continue
             if not v or len(v) > MAX_TEXT_VALUE or not TEXT_VALUE_RE.fullmatch(v):
                 res.error(i, None, f"tag {k!r}: 1-256 characters, no control characters")
+            elif len(self._good_tag_values) < 10_000:
+                self._good_tag_values.add(v)
         return tuple(sorted(raw.items()))
 
     def _unknown(
