@@ -108,7 +108,7 @@ def _fields(
                 refused.append(Rejection(b, i, name, problem))
                 return None
     fields = p.fields
-    if _FLOAT_ONLY == set(map(type, fields.values())):
+    if set(map(type, fields.values())) == _FLOAT_ONLY:
         # The bulk case: every value a float. msgspec writes them (shortest round-trip text,
         # as repr does) in C; field names need no quoting, so the JSON object becomes line
         # protocol by swapping its punctuation.
