@@ -100,36 +100,49 @@ bind-address = "127.0.0.1:{rpc_port}"
 """
 
 
-@contextmanager
-def influxdb(workdir: Path) -> Iterator[str]:
-    """A throwaway ``influxd`` (Debian's influxdb package); yields its base URL."""
-    binary = shutil.which("influxd") or (
-        "/usr/bin/influxd" if Path("/usr/bin/influxd").exists() else None
+def _binary(name: str, package: str) -> str:
+    """The engine's binary, or a skip (a failure under CI) saying which package to install."""
+    binary = shutil.which(name) or (
+        f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None
     )
     if binary is None:
-        missing("influxd", "install Debian's influxdb package (make test does it as root)")
+        missing(name, f"install Debian's {package} package (make test does it as root)")
     assert binary is not None
-    port, rpc_port = free_port(), free_port()
+    return binary
+
+
+@contextmanager
+def influxdb_process(
+    workdir: Path, port: int | None = None, auth: bool = False
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A throwaway ``influxd`` (Debian's influxdb package), optionally with authentication
+    enabled; yields its base URL and the process (to stop or pause it)."""
+    binary = _binary("influxd", "influxdb")
+    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "influxdb.conf"
-    config.write_text(INFLUXD_CONFIG.format(dir=workdir, port=port, rpc_port=rpc_port))
+    config = INFLUXD_CONFIG.format(dir=workdir, port=port, rpc_port=free_port())
+    if auth:
+        config = config.replace(
+            "flux-enabled = false", "flux-enabled = false\n  auth-enabled = true"
+        )
+    (workdir / "influxdb.conf").write_text(config)
     url = f"http://127.0.0.1:{port}"
-    with _process([binary, "-config", str(config)], url + "/ping", workdir):
+    cmd = [binary, "-config", str(workdir / "influxdb.conf")]
+    with _process(cmd, url + "/ping", workdir) as proc:
+        yield url, proc
+
+
+@contextmanager
+def influxdb(workdir: Path) -> Iterator[str]:
+    """A throwaway ``influxd``; yields its base URL."""
+    with influxdb_process(workdir) as (url, _):
         yield url
 
 
 @contextmanager
-def victoriametrics(workdir: Path) -> Iterator[str]:
-    """A throwaway single-node ``victoria-metrics``; yields its base URL."""
-    binary = shutil.which("victoria-metrics")
-    if binary is None and Path("/usr/bin/victoria-metrics").exists():
-        binary = "/usr/bin/victoria-metrics"
-    if binary is None:
-        missing(
-            "victoria-metrics",
-            "install Debian's victoria-metrics package (make test does it as root)",
-        )
-    assert binary is not None
+def victoriametrics_process(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A throwaway single-node ``victoria-metrics``; yields its base URL and the process."""
+    binary = _binary("victoria-metrics", "victoria-metrics")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
@@ -143,7 +156,14 @@ def victoriametrics(workdir: Path) -> Iterator[str]:
         "-search.disableCache",
         "-loggerLevel=ERROR",
     ]
-    with _process(cmd, url + "/health", workdir):
+    with _process(cmd, url + "/health", workdir) as proc:
+        yield url, proc
+
+
+@contextmanager
+def victoriametrics(workdir: Path) -> Iterator[str]:
+    """A throwaway single-node ``victoria-metrics``; yields its base URL."""
+    with victoriametrics_process(workdir) as (url, _):
         yield url
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import text
 
 from . import engines
 from .conftest import bearer, make_app, push, register_server
+from .test_queries import EXPECTED, SAMPLES
 
 BACKENDS = ["sqlite", "influxdb", "victoriametrics"]
 T0 = (int(time.time()) // 3600) * 3600 - 7200  # an hour boundary, one to two hours ago
@@ -106,18 +107,9 @@ def values(series: dict[str, Any]) -> list[tuple[int, Any, str]]:
     return [(t, v, type(v).__name__) for t, v in series["points"]]
 
 
-# (offset seconds, value) of system.load1, pushed out of order on purpose
-LOAD1 = [(50, 6.0), (0, 1.0), (10, 2.0), (20, 3.0), (30, 4.0), (40, 5.0), (70, 20.0), (60, 10.0)]
-LOAD1 += [(190, 7.5)]
-# Worked out by hand for 60 s buckets starting at T0, T0+60 and T0+180.
-LOAD1_EXPECTED = {
-    "mean": [3.5, 15.0, 7.5],
-    "min": [1.0, 10.0, 7.5],
-    "max": [6.0, 20.0, 7.5],
-    "last": [6.0, 20.0, 7.5],
-    "sum": [21.0, 30.0, 7.5],
-    "count": [6, 2, 1],
-}
+# system.load1 samples (offset seconds, value), pushed out of order, and their aggregations
+# worked out by hand for 60 s buckets at T0, T0+60 and T0+180: the query tests' data.
+LOAD1, LOAD1_EXPECTED = SAMPLES, EXPECTED
 
 
 @pytest.mark.parametrize("agg", list(LOAD1_EXPECTED))

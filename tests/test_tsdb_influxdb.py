@@ -12,7 +12,6 @@ import gzip
 import http.client
 import json
 import logging
-import shutil
 import signal
 import subprocess
 import threading
@@ -93,21 +92,8 @@ def dedicated_influxd(
     workdir: Path, port: int | None = None, auth: bool = False
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """An influxd of the test's own, to stop, pause or protect with a password."""
-    binary = shutil.which("influxd") or "/usr/bin/influxd"
-    if not Path(binary).exists():
-        engines.missing("influxd", "install Debian's influxdb package")
-    port = port or engines.free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = engines.INFLUXD_CONFIG.format(dir=workdir, port=port, rpc_port=engines.free_port())
-    if auth:
-        config = config.replace(
-            "flux-enabled = false", "flux-enabled = false\n  auth-enabled = true"
-        )
-    (workdir / "influxdb.conf").write_text(config)
-    url = f"http://127.0.0.1:{port}"
-    cmd = [binary, "-config", str(workdir / "influxdb.conf")]
-    with engines._process(cmd, url + "/ping", workdir) as proc:
-        yield url, proc
+    with engines.influxdb_process(workdir, port, auth) as running:
+        yield running
 
 
 class FaultProxy:

@@ -17,7 +17,6 @@ import itertools
 import math
 import random
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -183,22 +182,7 @@ def proxies(target: str, *routes: list[Route]) -> Iterator[list[Proxy]]:
 @contextmanager
 def own_victoriametrics(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A VictoriaMetrics of this test alone (to stop it), with the session instance's flags."""
-    binary = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
-    if not Path(binary).exists():
-        engines.missing("victoria-metrics", "install Debian's victoria-metrics package")
-    port = engines.free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        binary,
-        f"-storageDataPath={workdir / 'data'}",
-        f"-httpListenAddr=127.0.0.1:{port}",
-        "-retentionPeriod=100y",
-        "-search.latencyOffset=0s",
-        "-search.disableCache",
-        "-loggerLevel=ERROR",
-    ]
-    workdir.mkdir(parents=True, exist_ok=True)
-    with engines._process(cmd, url + "/health", workdir) as proc:
+    with engines.victoriametrics_process(workdir) as (url, proc):
         try:
             yield url, proc
         finally:
