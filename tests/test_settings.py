@@ -8,6 +8,7 @@ import pytest
 
 from monapi import create_app
 from monapi.settings import ConfigError, load_settings, parse_duration
+from monapi.tsdb.http import EngineHTTP, is_loopback
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -110,3 +111,25 @@ def test_backend_settings_are_checked(monkeypatch: pytest.MonkeyPatch, tmp_path:
             load_settings({"data_dir": tmp_path})
         assert name in str(err.value) and hint in str(err.value), str(err.value)
         monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    "url, loopback",
+    [
+        ("http://127.0.0.1:8086", True),
+        ("http://127.9.9.9", True),
+        ("http://localhost:8428", True),
+        ("http://[::1]:8086", True),
+        ("https://influx.example.net", False),
+        ("http://10.0.0.5:8086", False),
+        ("http://[2001:db8::1]:8086", False),
+    ],
+)
+def test_engine_writes_are_compressed_unless_the_engine_is_on_loopback(
+    url: str, loopback: bool
+) -> None:
+    assert is_loopback(url) is loopback
+    assert EngineHTTP("x", url, 1, 1).gzip is not loopback  # compression "auto"
+    assert EngineHTTP("x", url, 1, 1, compression="gzip").gzip is True
+    assert EngineHTTP("x", url, 1, 1, compression="none").gzip is False
+    assert load_settings({"tsdb_compression": "none"}).tsdb_compression == "none"

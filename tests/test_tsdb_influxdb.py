@@ -546,7 +546,7 @@ def test_a_5xx_gives_503_with_the_engines_retry_after(tmp_path: Path, proxy: Fau
 def test_writes_are_gzipped_over_one_kept_alive_connection(
     tmp_path: Path, proxy: FaultProxy
 ) -> None:
-    app, token = influx_app(tmp_path, proxy.url, fresh_db())
+    app, token = influx_app(tmp_path, proxy.url, fresh_db(), tsdb_compression="gzip")
     client = app.test_client()
     s = register_server(client, token)
     for i in range(5):
@@ -561,6 +561,18 @@ def test_writes_are_gzipped_over_one_kept_alive_connection(
     store = store_of(app)
     assert store.http.pool.connection_from_url(proxy.url).num_connections == 1
     assert proxy.connections == 1  # setup, writes: one TCP connection
+
+
+def test_writes_to_a_loopback_engine_are_not_compressed_by_default(
+    tmp_path: Path, proxy: FaultProxy
+) -> None:
+    app, token = influx_app(tmp_path, proxy.url, fresh_db())
+    client = app.test_client()
+    s = register_server(client, token)
+    assert push(client, s["api_key"], {"fields": {"load1": 1.0}}).status_code == 204
+    (write,) = [r for r in proxy.requests if r[1].startswith("/write")]
+    assert "Content-Encoding" not in write[2]
+    assert write[3].startswith(b"system,host=web-01,server_id=1 load1=1.0 ")
 
 
 def test_bad_credentials_are_a_clear_503_naming_the_settings(tmp_path: Path) -> None:

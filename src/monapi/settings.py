@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     tsdb_pool_size: int = Field(
         16, ge=1, le=1024, description="keep-alive HTTP connections per worker to the engine"
     )
+    tsdb_compression: Literal["auto", "gzip", "none"] = Field(
+        "auto",
+        description="gzip writes to InfluxDB or VictoriaMetrics: auto = gzip unless the engine's"
+        " URL is a loopback address (compressing there costs both sides CPU and saves nothing)",
+    )
     influxdb_url: str = Field(
         "http://127.0.0.1:8086", description="InfluxDB 1.x base URL (MONAPI_TSDB=influxdb)"
     )

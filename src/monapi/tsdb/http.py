@@ -8,10 +8,11 @@ stored. Other 4xx answers are returned to the backend, which knows what they mea
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import logging
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -47,9 +48,15 @@ class EngineHTTP:
         timeout_s: float,
         pool_size: int,
         headers: Mapping[str, str] | None = None,
+        compression: str = "auto",
     ) -> None:
+        """``compression``: gzip request bodies sent with ``compress=True`` ("gzip"), never
+        ("none"), or unless the engine is on a loopback address ("auto")."""
         self.name = name
         self.base_url = base_url.rstrip("/")
+        self.gzip = compression == "gzip" or (
+            compression == "auto" and not is_loopback(self.base_url)
+        )
         self.timeout = urllib3.Timeout(connect=min(timeout_s, 5.0), read=timeout_s)
         self.headers = dict(headers or {})
         self.pool = urllib3.PoolManager(
@@ -77,7 +84,7 @@ class EngineHTTP:
         if params:
             url += "?" + urlencode(params)
         hdrs = {**self.headers, **(headers or {})}
-        if compress and body:
+        if compress and body and self.gzip:
             body = gzip.compress(body, compresslevel=1)
             hdrs["Content-Encoding"] = "gzip"
         retries = urllib3.Retry(
@@ -116,6 +123,17 @@ class EngineHTTP:
 
     def close(self) -> None:
         self.pool.clear()
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a URL's host is this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _retry_after(value: str | None) -> int:

@@ -176,8 +176,10 @@ class InfluxDBStore:
         password: str | None = None,
         timeout_s: float = 10.0,
         pool_size: int = 16,
+        compression: str = "auto",
     ) -> None:
         self.url = url.rstrip("/")
+        self.compression = compression
         self.database = database
         self.retention_policy = retention_policy
         self.retention_hours = _hours(retention_s)
@@ -206,7 +208,9 @@ class InfluxDBStore:
 
     # HTTP ------------------------------------------------------------------------------------
     def _new_http(self) -> EngineHTTP:
-        return EngineHTTP(ENGINE, self.url, self.timeout_s, self.pool_size, self._headers)
+        return EngineHTTP(
+            ENGINE, self.url, self.timeout_s, self.pool_size, self._headers, self.compression
+        )
 
     @property
     def http(self) -> EngineHTTP:
@@ -866,4 +870,5 @@ def create(settings: Settings) -> InfluxDBStore:
         password=password.get_secret_value() if password is not None else None,
         timeout_s=settings.tsdb_timeout,
         pool_size=settings.tsdb_pool_size,
+        compression=settings.tsdb_compression,
     )

@@ -224,6 +224,7 @@ class VictoriaMetricsStore:
         pool_size: int = 16,
         latest_window_s: float = 86400.0,
         max_future_s: float = 600.0,
+        compression: str = "auto",
     ) -> None:
         select_url = (select_url or insert_url).rstrip("/")
         insert_url = insert_url.rstrip("/")
@@ -232,9 +233,13 @@ class VictoriaMetricsStore:
         self.latest_window_ms = max(1, int(latest_window_s * 1000))
         self.max_future_ms = max(0, math.ceil(max_future_s) * 1000)
         if select_url == insert_url:
-            self._insert = self._select = EngineHTTP(ENGINE, insert_url, timeout_s, pool_size)
+            self._insert = self._select = EngineHTTP(
+                ENGINE, insert_url, timeout_s, pool_size, compression=compression
+            )
         else:
-            self._insert = EngineHTTP(f"{ENGINE} vminsert", insert_url, timeout_s, pool_size)
+            self._insert = EngineHTTP(
+                f"{ENGINE} vminsert", insert_url, timeout_s, pool_size, compression=compression
+            )
             self._select = EngineHTTP(f"{ENGINE} vmselect", select_url, timeout_s, pool_size)
         if tenant is None:
             self.write_path = "/write"
@@ -722,4 +727,5 @@ def create(settings: Settings) -> VictoriaMetricsStore:
         pool_size=settings.tsdb_pool_size,
         latest_window_s=settings.victoriametrics_latest_window,
         max_future_s=settings.timestamp_max_future,
+        compression=settings.tsdb_compression,
     )
