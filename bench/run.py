@@ -3,19 +3,24 @@
 
 One command::
 
-    .venv/bin/python bench/run.py            # full run (about 4 minutes)
-    .venv/bin/python bench/run.py --quick    # short run (about 1 minute)
+    .venv/bin/python bench/run.py            # full run (about 8 minutes)
+    .venv/bin/python bench/run.py --quick    # short run (about 2 minutes)
 
 It starts ``monapi serve`` (gunicorn, gthread) on a free 127.0.0.1 port with a fresh temporary
 data directory, creates benchmark fields and servers through the API, then measures:
 
 * bulk JSON ingestion: batches of 5,000 points x 10 fields, a few keep-alive senders (Python,
   one server key each), for a bounded time; reports field values/s = stored points x 10 / time.
+* bulk line protocol: the same senders and servers post the same 5,000 points x 10 fields as
+  InfluxDB line protocol (uncompressed, like the JSON bulk; floats as repr, ns timestamps) to
+  ``/write?precision=ns`` with ``Authorization: Token <key>``; reported like the JSON phase.
 * agent-sized requests: 1 point x 20 fields, 64 concurrent keep-alive connections (wrk, one
   server key per connection, fresh timestamps); reports requests/s and p50/p99 latency.
-* engines (bench/engines.py): the bulk batches through monapi into a throwaway InfluxDB and
-  VictoriaMetrics, interleaved round by round with the same points sent straight to the same
-  engine as gzip line protocol; reports both, per round and median, and their ratio.
+* engines (bench/engines.py): the bulk batches into a throwaway InfluxDB and VictoriaMetrics
+  three ways, interleaved round by round: straight to the engine as gzip line protocol
+  (direct), as JSON to monapi's /api/v1/data, and as the same gzip line protocol to monapi's
+  /write (for VictoriaMetrics without the ``measurement`` tag, which monapi adds itself);
+  reports each, per round and median, and their ratios to direct.
 
 After each phase it counts the stored field values in the time-series file (for the engines: in
 the engine), so the numbers are data that was stored, not just replies. Traffic goes only to
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import http.client
 import json
 import os
@@ -61,7 +67,12 @@ MEASUREMENT = "bench"
 BULK_POINTS = 5_000
 BULK_FIELDS = 10
 AGENT_FIELDS = 20
-GOALS = {"bulk_field_values_per_s": 150_000, "agent_requests_per_s": 1_500, "agent_p99_ms": 50.0}
+GOALS = {
+    "bulk_field_values_per_s": 150_000,
+    "bulk_lp_field_values_per_s": 200_000,
+    "agent_requests_per_s": 1_500,
+    "agent_p99_ms": 50.0,
+}
 
 
 # Machine ------------------------------------------------------------------------------------
@@ -528,6 +539,53 @@ def bulk_pool(seed: int = 42) -> list[dict[str, float]]:
     ]
 
 
+BULK_LP_PATH = "/write?precision=ns"  # InfluxDB 1.x API; db and rp are optional for monapi
+
+
+def lp_templates(pool: list[dict[str, float]]) -> list[str]:
+    """The line protocol of a batch's points without their timestamps (``bench,cpu=cpu-total
+    f0=12.5,...,f9=3.25 ``): what the JSON bulk sends, with floats as repr."""
+    key = MEASUREMENT + "".join(f",{k}={v}" for k, v in sorted(BULK_TAGS.items()))
+    return [f"{key} " + ",".join(f"{k}={v!r}" for k, v in f.items()) + " " for f in pool]
+
+
+def lp_body(templates: list[str], base_ns: int, batch: int, gzip_level: int | None) -> bytes:
+    """A batch as line protocol with fresh timestamps (those of ``bulk_timestamp``), gzip
+    compressed at ``gzip_level`` unless None."""
+    t0 = bulk_timestamp(base_ns, batch, 0)
+    text = "".join([f"{tpl}{t0 + j * 1_000_000}\n" for j, tpl in enumerate(templates)]).encode()
+    return text if gzip_level is None else gzip.compress(text, compresslevel=gzip_level)
+
+
+def lp_partly_accepted(status: int, raw: bytes) -> int:
+    """Points stored by a /write answered with 400 (partial write: ``accepted``)."""
+    if status != 400:
+        return 0
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        return int(json.loads(raw)["accepted"])
+    return 0
+
+
+def _bulk_lp_sender(
+    port: int,
+    key: str,
+    base_ns: int,
+    deadline: float,
+    max_batches: int,
+    templates: list[str],
+    stats: SenderStats,
+) -> None:
+    """Line-protocol batches (uncompressed) to monapi's /write with one server's key."""
+    headers = {"Authorization": f"Token {key}", "Content-Type": "text/plain; charset=utf-8"}
+
+    def body(batch: int) -> bytes:
+        return lp_body(templates, base_ns, batch, None)
+
+    send_batches(
+        port, BULK_LP_PATH, headers, body, deadline, max_batches, stats, lp_partly_accepted
+    )
+
+
 def run_senders(
     sender: Callable[[int, float, SenderStats], None], n: int, seconds: float
 ) -> tuple[list[SenderStats], float]:
@@ -574,19 +632,35 @@ def sender_summary(stats: list[SenderStats], elapsed: float) -> dict[str, Any]:
 
 
 def run_bulk(
-    srv: Server, servers: list[dict[str, Any]], seconds: float, profile_dir: Path | None
+    srv: Server,
+    servers: list[dict[str, Any]],
+    seconds: float,
+    profile_dir: Path | None,
+    kind: str = "json",
 ) -> dict[str, Any]:
+    """The bulk phase: ``kind`` json (/api/v1/data) or lp (line protocol to /write)."""
     pool = bulk_pool()
+    templates = lp_templates(pool)
     ids = [s["id"] for s in servers]
     before = stored_samples(srv.data_dir, ids)
-    # Timestamps start 6 hours back: well inside the accepted window, distinct per point.
-    base_ns = (int(time.time()) - 6 * 3600) * 1_000_000_000
-    max_batches = 10_000  # bound on count, besides the time bound
+    if kind == "json":
+        # Timestamps start 6 hours back: well inside the accepted window, distinct per point.
+        base_ns = (int(time.time()) - 6 * 3600) * 1_000_000_000
+        max_batches = 10_000  # bound on count, besides the time bound
+    else:
+        # 12 hours back, at most 4,000 batches (5.6 hours of 1 ms steps): never on the
+        # timestamps of the JSON phase, so every point is a new one.
+        base_ns = (int(time.time()) - 12 * 3600) * 1_000_000_000
+        max_batches = 4_000
 
     def sender(i: int, deadline: float, st: SenderStats) -> None:
-        _bulk_sender(srv.port, servers[i]["key"], base_ns, deadline, max_batches, pool, st)
+        key = servers[i]["key"]
+        if kind == "json":
+            _bulk_sender(srv.port, key, base_ns, deadline, max_batches, pool, st)
+        else:
+            _bulk_lp_sender(srv.port, key, base_ns, deadline, max_batches, templates, st)
 
-    prof = Profiler(profile_dir, srv, "bulk", seconds)
+    prof = Profiler(profile_dir, srv, "bulk" if kind == "json" else "bulk-lp", seconds)
     cpu = CpuMeter(srv)
     stats, elapsed = run_senders(sender, len(servers), seconds)
     cpu_used = cpu.result()
@@ -601,6 +675,9 @@ def run_bulk(
     via_api = api_count(srv, s0, "f0", t_start, t_end) if st0.accepted_points else 0
     return {
         **summary,
+        "kind": kind,
+        "path": "/api/v1/data" if kind == "json" else BULK_LP_PATH,
+        "body": "JSON" if kind == "json" else "line protocol, uncompressed",
         "stored_field_values": stored,
         # the time-series file and the API (one server's f0) agree with the 204 replies
         "stored_matches": stored == accepted * BULK_FIELDS and via_api == st0.accepted_points,
@@ -717,9 +794,11 @@ def run_agent(
 
 # Report ---------------------------------------------------------------------------------------
 def table(result: dict[str, Any]) -> str:
-    rows = [("Benchmark", "Result", "Goal", "Met")]
+    rows: list[tuple[str, ...]] = [("Benchmark", "Result", "Goal", "Met")]
     if "bulk" in result:
         rows += _bulk_rows(result["bulk"])
+    if "bulk_lp" in result:
+        rows += _bulk_rows(result["bulk_lp"])
     if "agent" in result:
         rows += _agent_rows(result["agent"])
     if "engines" in result:
@@ -740,21 +819,25 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 
 
 def _bulk_rows(b: dict[str, Any]) -> list[tuple[str, ...]]:
+    lp = b.get("kind") == "lp"
+    name = "Bulk line protocol /write" if lp else "Bulk JSON"
+    goal = GOALS["bulk_lp_field_values_per_s" if lp else "bulk_field_values_per_s"]
+    word = "bulk LP" if lp else "bulk"
     return [
         (
-            f"Bulk JSON ({BULK_POINTS} pts x {BULK_FIELDS} fields, {b['senders']} senders)",
+            f"{name} ({BULK_POINTS} pts x {BULK_FIELDS} fields, {b['senders']} senders)",
             f"{b['field_values_per_s']:,} field values/s",
-            f">= {GOALS['bulk_field_values_per_s']:,}",
-            _yes(b["field_values_per_s"] >= GOALS["bulk_field_values_per_s"]),
+            f">= {goal:,}",
+            _yes(b["field_values_per_s"] >= goal),
         ),
         (
-            "  bulk request latency p50 / p99",
+            f"  {word} request latency p50 / p99",
             f"{b['latency_ms']['p50']} / {b['latency_ms']['p99']} ms",
             "",
             "",
         ),
         (
-            "  bulk replies not 204 / stored = accepted",
+            f"  {word} replies not 204 / stored = accepted",
             f"{b['not_204']} / {b['stored_matches']}",
             "0 / True",
             _yes(b["not_204"] == 0 and b["stored_matches"]),
@@ -788,6 +871,30 @@ def _agent_rows(a: dict[str, Any]) -> list[tuple[str, ...]]:
     ]
 
 
+def _print_bulk(b: dict[str, Any]) -> None:
+    print(
+        f"  {b['field_values_per_s']:,} field values/s, p50 / p99 {b['latency_ms']['p50']} / "
+        f"{b['latency_ms']['p99']} ms, {b['requests']} requests, {b['not_204']} not 204, "
+        f"stored = accepted: {b['stored_matches']}; other load "
+        f"{b['cpu']['other_share_of_machine']:.0%}",
+        flush=True,
+    )
+    if b["errors"]:
+        print(f"  !! errors: {b['errors'][:3]}", flush=True)
+    if not b["stored_matches"]:
+        mismatch_banner(f"bulk {b['kind']}", b["stored_field_values"], b["accepted_field_values"])
+
+
+def mismatch_banner(what: str, stored: int, acknowledged: int) -> None:
+    """The loud line of a stored count that differs from what was acknowledged."""
+    print(
+        f"\n!!!!! COUNT MISMATCH ({what}): {stored:,} field values stored, "
+        f"{acknowledged:,} acknowledged !!!!!\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _yes(ok: bool) -> str:
     return "yes" if ok else "NO"
 
@@ -802,7 +909,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short phases (smoke run)")
     ap.add_argument("--workers", type=int, default=ncpu, help="gunicorn workers (default: cores)")
     ap.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
-    ap.add_argument("--bulk-seconds", type=float, default=None, help="bulk phase (default 20)")
+    ap.add_argument(
+        "--bulk-seconds",
+        type=float,
+        default=None,
+        help="each bulk phase, JSON and line protocol (default 20; --quick 5)",
+    )
     ap.add_argument(
         "--bulk-senders",
         type=int,
@@ -818,7 +930,13 @@ def main(argv: list[str] | None = None) -> int:
         help="wrk threads (default: one per connection, so one key per connection)",
     )
     ap.add_argument("--warmup-seconds", type=float, default=None, help="agent warm-up (default 5)")
-    ap.add_argument("--skip-bulk", action="store_true")
+    ap.add_argument(
+        "--skip-bulk", action="store_true", help="skip both bulk phases (JSON and line protocol)"
+    )
+    ap.add_argument("--skip-bulk-json", action="store_true", help="skip the bulk JSON phase")
+    ap.add_argument(
+        "--skip-bulk-lp", action="store_true", help="skip the bulk line-protocol (/write) phase"
+    )
     ap.add_argument("--skip-agent", action="store_true")
     ap.add_argument(
         "--skip-engines", action="store_true", help="skip the InfluxDB/VictoriaMetrics comparison"
@@ -832,13 +950,21 @@ def main(argv: list[str] | None = None) -> int:
         "--engine-rounds",
         type=int,
         default=None,
-        help="rounds of (direct, through monapi) per engine (default 3; --quick 2)",
+        help="rounds of (direct, JSON, LP) runs per engine (default 3; --quick 2)",
     )
     ap.add_argument(
         "--engine-seconds",
         type=float,
         default=None,
-        help="length of each direct or monapi run (default 12; --quick 3)",
+        help="length of each engine run (default 12; --quick 3)",
+    )
+    ap.add_argument(
+        "--engine-kinds",
+        default="direct,json,lp",
+        help="kinds of engine run, comma-separated, run in this order each round (default\n"
+        "direct,json,lp): direct = gzip line protocol straight to the engine; json = the\n"
+        "points as JSON to monapi's /api/v1/data; lp = the direct run's gzip line protocol to\n"
+        "monapi's /write (for VictoriaMetrics without the measurement tag monapi adds)",
     )
     ap.add_argument("--log-level", default="INFO", help="MONAPI_LOG_LEVEL of the server (INFO)")
     ap.add_argument(
@@ -861,6 +987,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--engine-rounds: 1 to 50")
     if args.engine_seconds is not None and not 0 < args.engine_seconds <= 600:
         ap.error("--engine-seconds: more than 0, at most 600")
+    engine_kinds = [k.strip() for k in args.engine_kinds.split(",") if k.strip()]
+    if not engine_kinds or len(set(engine_kinds)) != len(engine_kinds):
+        ap.error("--engine-kinds: one or more of direct, json, lp, each once")
+    if unknown := [k for k in engine_kinds if k not in ("direct", "json", "lp")]:
+        ap.error(f"--engine-kinds: unknown {', '.join(unknown)} (direct, json, lp)")
+    bulk_json = not (args.skip_bulk or args.skip_bulk_json)
+    bulk_lp = not (args.skip_bulk or args.skip_bulk_lp)
     wrk = ensure_wrk() if not args.skip_agent else ""
 
     result: dict[str, Any] = {
@@ -884,14 +1017,18 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="monapi-bench-"))
     print(f"data dir {tmp}; {args.workers} workers x {args.threads} threads", flush=True)
     try:
-        if not (args.skip_bulk and args.skip_agent):
+        if bulk_json or bulk_lp or not args.skip_agent:
             with running_server(tmp / "data", args.workers, args.threads, args.log_level) as srv:
                 n_agents = 0 if args.skip_agent else args.agent_connections
                 bulk_servers, agent_servers = set_up(srv, senders, n_agents)
-                if not args.skip_bulk:
-                    print(f"bulk: {senders} senders for {bulk_s:g} s ...", flush=True)
+                if bulk_json:
+                    print(f"bulk JSON: {senders} senders for {bulk_s:g} s ...", flush=True)
                     result["bulk"] = run_bulk(srv, bulk_servers, bulk_s, args.profile)
-                    print(f"  {result['bulk']['field_values_per_s']:,} field values/s", flush=True)
+                    _print_bulk(result["bulk"])
+                if bulk_lp:
+                    print(f"bulk line protocol: {senders} senders for {bulk_s:g} s ...", flush=True)
+                    result["bulk_lp"] = run_bulk(srv, bulk_servers, bulk_s, args.profile, "lp")
+                    _print_bulk(result["bulk_lp"])
                 if not args.skip_agent:
                     print(
                         f"agent: {args.agent_connections} connections for {agent_s:g} s "
@@ -916,6 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds=args.engine_seconds or (3.0 if args.quick else 12.0),
                 log_level=args.log_level,
                 profile_dir=args.profile,
+                kinds=tuple(engine_kinds),
             )
             result["engines"] = engines.run_engines(engine_names, tmp / "engines", opts)
     finally:
@@ -927,7 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS_DIR / f"{stamp}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    if any(k in result for k in ("bulk", "agent", "engines")):
+    if any(k in result for k in ("bulk", "bulk_lp", "agent", "engines")):
         print()
         print(table(result))
     if "engines" in result:
@@ -935,17 +1073,24 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print(engines.rounds_table(result["engines"]))
+        print()
+        print(engines.cpu_table(result["engines"]))
     m = result["machine"]
     print(
         f"\n{m['nproc']} x {m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}, "
         f"SQLite {m['sqlite']}; load generators share these cores with the server."
     )
     print(f"results: {out}")
+    status = 0
+    for phase in ("bulk", "bulk_lp"):
+        b = result.get(phase)
+        if b and not (b["stored_matches"] and b["not_204"] == 0 and not b["errors"]):
+            status = 1
     if "engines" in result:
         import engines
 
-        return engines.exit_status(result["engines"])
-    return 0
+        status = max(status, engines.exit_status(result["engines"]))
+    return status
 
 
 if __name__ == "__main__":

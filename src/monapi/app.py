@@ -21,7 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from . import __version__, auth, cache, db, fields, ratelimit
-from .api import health
+from .api import health, influx
 from .api.spec import MonapiOpenAPI
 from .api.v1 import agent, data, enrollment, metrics, servers
 from .api.v1 import fields as fields_api
@@ -166,6 +166,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         data.bp,
         metrics.bp,
         agent.bp,
+        influx.bp,
     ):
         app.register_api(bp)
     auth.check_rules_cover(app, public=set())

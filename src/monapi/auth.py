@@ -7,6 +7,8 @@ HMAC-SHA256(pepper, key) is stored, and compared in constant time.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -40,6 +42,18 @@ EXT = "monapi.auth"
 SECURITY_SCHEMES: dict[str, Any] = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    # InfluxDB-compatible endpoints only (also 'Authorization: Token <key>'):
+    "basic": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "the key as the password, any user name (InfluxDB endpoints only)",
+    },
+    "influxPassword": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "p",
+        "description": "the key as InfluxDB 1.x's 'p' parameter (InfluxDB endpoints only)",
+    },
 }
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 
@@ -180,6 +194,16 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": 'Bearer realm="monapi"'})
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How an endpoint's callers present their key: a reader, what to say when nothing was
+    presented, and the ``WWW-Authenticate`` challenge of a 401."""
+
+    read: Callable[[], str | None]
+    missing: str
+    challenge: str
+
+
 def presented_key() -> str | None:
     """The key sent as ``Authorization: Bearer`` or ``X-API-Key``, if any."""
     auth = request.headers.get("Authorization", "")
@@ -191,22 +215,66 @@ def presented_key() -> str | None:
     return key or None
 
 
+def influx_presented_key() -> str | None:
+    """The key as InfluxDB clients send credentials: ``Authorization: Token`` (v2) or ``Bearer``,
+    the password of ``Authorization: Basic`` (any user name), ``X-API-Key``, or the ``p``
+    query parameter (v1, with ``u``)."""
+    auth = request.headers.get("Authorization", "")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        scheme, value = scheme.lower(), value.strip()
+        if scheme in ("bearer", "token") and value:
+            return value
+        if scheme == "basic" and value:
+            try:
+                decoded = base64.b64decode(value, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise _unauthorized(
+                    "malformed Basic credentials (not base64 of user:password)"
+                ) from None
+            _user, sep, password = decoded.partition(":")
+            if sep and password:
+                return password
+    key = request.headers.get("X-API-Key", "").strip() or request.args.get("p", "").strip()
+    return key or None
+
+
+API_CREDENTIALS = Credentials(
+    presented_key,
+    "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+    'Bearer realm="monapi"',
+)
+INFLUX_CREDENTIALS = Credentials(
+    influx_presented_key,
+    "missing API key: send the server key as 'Authorization: Token <key>', as the password of"
+    " Basic auth (any user name), or as the 'p' query parameter",
+    'Basic realm="monapi"',
+)
+
+
 def get_keys() -> KeyService:
     svc: KeyService = current_app.extensions[EXT]
     return svc
 
 
-# Endpoint -> kinds allowed. Filled by @requires at import of the view modules.
+# Endpoint -> kinds allowed, and how the key is presented where that is not API_CREDENTIALS.
+# Filled by @requires at import of the view modules.
 _RULES: dict[str, frozenset[str]] = {}
+_CREDENTIALS: dict[str, Credentials] = {}
 PUBLIC = frozenset[str]()
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def requires(blueprint_name: str, *kinds: str) -> Callable[[F], F]:
+def requires(
+    blueprint_name: str, *kinds: str, credentials: Credentials = API_CREDENTIALS
+) -> Callable[[F], F]:
     """Declare which key kinds may call a view; no kinds means the view is public."""
 
     def register(func: F) -> F:
-        _RULES[f"{blueprint_name}.{func.__name__}"] = frozenset(kinds)
+        endpoint = f"{blueprint_name}.{func.__name__}"
+        _RULES[endpoint] = frozenset(kinds)
+        if credentials is not API_CREDENTIALS:
+            _CREDENTIALS[endpoint] = credentials
         return func
 
     return register
@@ -237,12 +305,16 @@ def init_app(app: Flask, pepper: bytes) -> None:
         kinds = _RULES.get(endpoint)
         if kinds is None or not kinds:
             return
-        key = presented_key()
-        if key is None:
-            raise _unauthorized(
-                "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-            )
-        record = get_keys().authenticate(key)
+        creds = _CREDENTIALS.get(endpoint, API_CREDENTIALS)
+        try:
+            key = creds.read()
+            if key is None:
+                raise _unauthorized(creds.missing)
+            record = get_keys().authenticate(key)
+        except ApiError as exc:
+            if exc.status == 401:
+                exc.headers["WWW-Authenticate"] = creds.challenge
+            raise
         if record.kind not in kinds:
             allowed = " or ".join(sorted(kinds))
             raise ApiError(403, f"a {record.kind} key cannot do this; it needs a {allowed} key")

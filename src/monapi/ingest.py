@@ -29,8 +29,9 @@ from .fields import (
     TEXT_VALUE_RE,
     FieldSpec,
 )
+from .lpparse import ParsedLine, Unsigned
 from .tsdb import Point
-from .tsdb.base import Rejection
+from .tsdb.base import Rejection, Tags
 
 MAX_ERRORS = 100
 MAX_TAGS = 32
@@ -38,6 +39,9 @@ MAX_STRING_VALUE = 4096
 # Set by monapi on every stored point: the server's identity from its key, and (in
 # VictoriaMetrics, where a metric is named <measurement>_<field>) the measurement.
 RESERVED_TAGS = ("host", "server_id", "measurement")
+# The identity tags. The JSON API refuses them; line protocol clients (Telegraf always sends
+# ``host``) have them replaced by the key's identity instead.
+IDENTITY_TAGS = frozenset({"host", "server_id"})
 # 1-64 of letters, digits, _ . -, not starting with "__" (engines keep those for themselves:
 # __name__ is the metric name in VictoriaMetrics and Prometheus).
 TAG_KEY_RE = re.compile(
@@ -230,18 +234,20 @@ def _check_value(spec: FieldSpec, value: object) -> tuple[RawValue | None, str |
             if not math.isfinite(value):  # type: ignore[arg-type]
                 return None, "value is not a finite number"
             v: float | int = value  # type: ignore[assignment]
-        elif t is int:
+        elif t is int or t is Unsigned:
             v = float(value)  # type: ignore[arg-type]
         else:
             return None, f"expected a float, got {_type_name(value)}"
     elif ftype == "int":
-        if t is int:
-            v = value  # type: ignore[assignment]
+        if t is int or t is Unsigned:
+            v = int(value)  # type: ignore[call-overload]
         elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
             v = int(value)
         else:
             return None, f"expected an integer, got {_type_name(value)}"
         if not INT64_MIN <= v <= INT64_MAX:
+            if t is Unsigned:
+                return None, f"unsigned integer {v} does not fit the field's 64-bit signed type"
             return None, "integer out of the 64-bit range"
     elif ftype == "bool":
         if t is bool:
@@ -263,14 +269,20 @@ def _check_value(spec: FieldSpec, value: object) -> tuple[RawValue | None, str |
 def _type_name(value: object) -> str:
     if value is None:
         return "null"
-    return {bool: "boolean", int: "integer", float: "float", str: "string"}.get(
-        type(value), type(value).__name__
-    )
+    return {
+        bool: "boolean",
+        int: "integer",
+        Unsigned: "unsigned integer",
+        float: "float",
+        str: "string",
+    }.get(type(value), type(value).__name__)
 
 
 def infer_type(value: object) -> str | None:
-    """The field type a discovered value implies."""
-    return {bool: "bool", int: "int", float: "float", str: "string"}.get(type(value))
+    """The field type a discovered value implies (an unsigned integer is an int field)."""
+    return {bool: "bool", int: "int", Unsigned: "int", float: "float", str: "string"}.get(
+        type(value)
+    )
 
 
 class Validator:
@@ -283,9 +295,13 @@ class Validator:
         max_age_s: float,
         max_future_s: float,
         now_ns: int | None = None,
+        replace_identity: bool = False,
     ) -> None:
+        """``replace_identity``: drop ``host`` and ``server_id`` tags (the key's identity is
+        stamped on every point anyway) instead of refusing the point."""
         self.specs = specs
         self.unknown = unknown
+        self.replace_identity = replace_identity
         self.now_ns = now_ns if now_ns is not None else time.time_ns()
         self.oldest = self.now_ns - int(max_age_s * 1e9)
         self.newest = self.now_ns + int(max_future_s * 1e9)
@@ -310,9 +326,18 @@ class Validator:
     def validate(self, points: Sequence[Any]) -> ValidationResult:
         res = ValidationResult()
         specs = self.specs
+        # Line protocol: the points of one series share one tags dict (see lpparse), checked once.
+        # Keyed by id(): every dict stays alive in ``points`` for the whole call.
+        tag_memo: dict[int, tuple[Tags, list[str]]] = {}
         for i, p in enumerate(points):
+            ns_given = line = False
             if isinstance(p, PointIn):
                 meas, raw_fields, raw_ts, raw_tags = p.measurement, p.fields, p.timestamp, p.tags
+            elif type(p) is ParsedLine:
+                # Line protocol: the caller has put the timestamp in nanoseconds already.
+                meas, raw_fields, raw_ts, raw_tags = p.measurement, p.fields, p.timestamp, p.tags
+                ns_given = raw_ts is not None
+                line = True
             else:
                 shaped = self._loose(i, p, res)
                 if shaped is None:
@@ -330,8 +355,9 @@ class Validator:
                     res.rejected += 1
                     continue
                 fast = self._fast_bounds(meas)
+            ts: int
             try:
-                ts = parse_timestamp(raw_ts, self.now_ns)
+                ts = raw_ts if ns_given else parse_timestamp(raw_ts, self.now_ns)  # type: ignore[assignment]
             except ValueError as exc:
                 res.error(i, None, str(exc))
                 ts = 0
@@ -340,7 +366,12 @@ class Validator:
                     res.error(i, None, "timestamp is older than the accepted window")
                 elif ts > self.newest:
                     res.error(i, None, "timestamp is too far in the future")
-            tags = self._tags(i, raw_tags, res) if raw_tags else ()
+            if not raw_tags:
+                tags: Tags = ()
+            elif line:
+                tags = self._shared_tags(i, raw_tags, res, tag_memo)
+            else:
+                tags = self._tags(i, raw_tags, res)
             if not raw_fields:
                 res.error(i, None, "point has no fields")
             mspecs = specs.get(meas)
@@ -407,8 +438,12 @@ class Validator:
             res.error(i, None, f"{len(raw)} tags; at most {MAX_TAGS} are allowed")
             return ()
         good = self._good_tag_keys
+        replaced = False
         for k, v in raw.items():
             if k not in good:
+                if self.replace_identity and k in IDENTITY_TAGS:
+                    replaced = True
+                    continue
                 if not TAG_KEY_RE.fullmatch(k):
                     res.error(
                         i,
@@ -427,7 +462,25 @@ class Validator:
                 res.error(i, None, f"tag {k!r}: 1-256 characters, no control characters")
             elif len(self._good_tag_values) < 10_000:
                 self._good_tag_values.add(v)
+        if replaced:
+            return tuple(sorted((k, v) for k, v in raw.items() if k not in IDENTITY_TAGS))
         return tuple(sorted(raw.items()))
+
+    def _shared_tags(
+        self,
+        i: int,
+        raw: dict[str, str],
+        res: ValidationResult,
+        memo: dict[int, tuple[Tags, list[str]]],
+    ) -> Tags:
+        """:meth:`_tags` for a tags dict that other points of the request may share."""
+        hit = memo.get(id(raw))
+        if hit is None:
+            alone = ValidationResult()
+            hit = memo[id(raw)] = (self._tags(0, raw, alone), [e["reason"] for e in alone.errors])
+        for reason in hit[1]:
+            res.error(i, None, reason)
+        return hit[0]
 
     def _unknown(
         self,
@@ -455,6 +508,11 @@ class Validator:
         if isinstance(value, float) and not math.isfinite(value):
             res.error(i, name, "value is not a finite number")
             return
+        if ftype == "int":
+            if not INT64_MIN <= value <= INT64_MAX:
+                res.error(i, name, "integer out of the 64-bit range")
+                return
+            value = int(value)  # an Unsigned is stored as a plain int
         known = res.discovered.setdefault((meas, name), ftype)
         if known != ftype:
             res.error(i, name, f"field {meas}.{name} seen as {known} and {ftype} in one request")

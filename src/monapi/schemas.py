@@ -513,14 +513,27 @@ class ErrorOut(BaseModel):
     status: int
     request_id: str
     details: list[dict[str, Any]] | None = Field(
-        None, description="specifics: {location, reason} or, for ingestion, {index, field, reason}"
+        None,
+        description="specifics: {location, reason}; for ingestion {index, field, reason}, for"
+        " line protocol {line, field, reason}",
     )
-    # Only on a 422 from POST /api/v1/data, where no point was stored:
-    accepted: int | None = Field(None, description="ingestion only: points stored (0)")
+    message: str | None = Field(
+        None, description="/api/v2/write only: the same text as error (InfluxDB 2.x clients)"
+    )
+    # Only on a 422 from POST /api/v1/data (no point stored) or a 400 from a line protocol write:
+    accepted: int | None = Field(None, description="ingestion only: points stored")
     rejected: int | None = Field(None, description="ingestion only: points refused")
     dropped: int | None = Field(None, description="ingestion only: unknown-field values ignored")
     errors_truncated: bool | None = Field(
         None, description="ingestion only: more errors than the 100 listed"
+    )
+
+
+class InfluxQueryResult(BaseModel):
+    """What /query answers, in InfluxDB 1.x's shape."""
+
+    results: list[dict[str, Any]] = Field(
+        description="one per statement: {statement_id} or {statement_id, series}"
     )
 
 

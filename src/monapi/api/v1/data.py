@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Response, current_app, request
@@ -111,6 +112,39 @@ _DOC = raw_request_body(
 )
 
 
+def store_points(
+    points: Sequence[Any],
+    settings: Settings,
+    *,
+    replace_identity: bool = False,
+    now_ns: int | None = None,
+) -> ValidationResult:
+    """Validate decoded points against the field configuration and store the valid ones as the
+    calling server's (every wire format ends here). ``res.points`` are the stored points."""
+    principal = auth.principal()
+    assert principal.server_id is not None
+    registry = get_registry()
+    res = Validator(
+        registry.specs(),
+        settings.unknown_fields,
+        settings.timestamp_max_age,
+        settings.timestamp_max_future,
+        now_ns=now_ns,
+        replace_identity=replace_identity,
+    ).validate(points)
+    if res.discovered and res.points:
+        registry.discover(db.session(), res.discovered)
+    if res.points:
+        store: TimeSeriesStore = current_app.extensions["monapi.tsdb"]
+        refused = store.write(
+            [WriteBatch(principal.server_id, principal.hostname or "", res.points)]
+        )
+        if refused:
+            res.refused_by_store(refused)
+    get_coordinator().mark_seen(principal.server_id, time.time())
+    return res
+
+
 def _result(res: ValidationResult, accepted: int) -> dict[str, Any]:
     return {
         "accepted": accepted,
@@ -144,25 +178,7 @@ def ingest() -> Response | tuple[Any, int]:
         settings.max_decompressed_bytes,
     )
     points = decode_points(body, settings.max_points_per_request)
-    principal = auth.principal()
-    assert principal.server_id is not None
-    registry = get_registry()
-    res = Validator(
-        registry.specs(),
-        settings.unknown_fields,
-        settings.timestamp_max_age,
-        settings.timestamp_max_future,
-    ).validate(points)
-    if res.discovered and res.points:
-        registry.discover(db.session(), res.discovered)
-    if res.points:
-        store: TimeSeriesStore = current_app.extensions["monapi.tsdb"]
-        refused = store.write(
-            [WriteBatch(principal.server_id, principal.hostname or "", res.points)]
-        )
-        if refused:
-            res.refused_by_store(refused)
-    get_coordinator().mark_seen(principal.server_id, time.time())
+    res = store_points(points, settings)
     accepted = len(res.points)
     if res.error_count == 0 and res.dropped == 0:
         return Response(status=204)
