@@ -5,15 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install engines serve test lint format bench clean
+.PHONY: install engines serve test lint format bench agent-wheel clean
 
 # Debian packages of the engines the tests start as throwaway processes.
 ENGINE_PKGS := influxdb victoria-metrics
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml agent/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgresql]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgresql]' -e ./agent
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,17 +42,22 @@ test: lint engines
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src agent tests bench
+	$(BIN)/ruff format --check src agent tests bench
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src agent tests bench
+	$(BIN)/ruff check --fix src agent tests bench
 
 ## Benchmark: gunicorn on loopback, bulk JSON ingestion and agent-sized requests.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+## The monapi-agent wheel (dist/), to copy to servers that have no copy of this repository.
+agent-wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist ./agent
+	@ls dist/monapi_agent-*.whl
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

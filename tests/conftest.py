@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,16 @@ from monapi.bootstrap import initialize
 from monapi.settings import load_settings
 
 from . import engines
+
+
+@pytest.fixture
+def no_umask() -> Iterator[None]:
+    """umask 000 for the test: file modes must then come from the code, not the umask."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 @pytest.fixture(autouse=True)

@@ -48,15 +48,16 @@ def call(
 
 
 def start_instance(
-    data: Any, env_extra: dict[str, str]
+    data: Any, env_extra: dict[str, str], port: int | None = None
 ) -> tuple[subprocess.Popen[bytes], str, Any]:
-    """`monapi serve` with two workers on a free port; returns the process, base URL, log."""
-    port = free_port()
+    """`monapi serve` with two workers on ``port`` (default a free one); returns the process,
+    base URL and log (appended to, so a restart on the same data keeps the first start's)."""
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONAPI_")}
     env.update(MONAPI_DATA_DIR=str(data), MONAPI_LOG_LEVEL="WARNING", MONAPI_LAST_SEEN_FLUSH="1")
     env.update(env_extra)
     out = data / "out.log"
-    with out.open("w") as log:
+    with out.open("a") as log:
         proc = subprocess.Popen(
             [
                 sys.executable,

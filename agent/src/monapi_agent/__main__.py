@@ -1,0 +1,5 @@
+"""`python -m monapi_agent`: the same as the monapi-agent command."""
+
+from .cli import main
+
+main()
