@@ -16,6 +16,8 @@ data directory, creates benchmark fields and servers through the API, then measu
   ``/write?precision=ns`` with ``Authorization: Token <key>``; reported like the JSON phase.
 * agent-sized requests: 1 point x 20 fields, 64 concurrent keep-alive connections (wrk, one
   server key per connection, fresh timestamps); reports requests/s and p50/p99 latency.
+* monapi-agent footprint (bench/footprint.py): the real agent at a 10 s interval against its
+  own monapi on loopback; peak resident memory and CPU share of one core over the steady part.
 * engines (bench/engines.py): the bulk batches into a throwaway InfluxDB and VictoriaMetrics
   three ways, interleaved round by round: straight to the engine as gzip line protocol
   (direct), as JSON to monapi's /api/v1/data, and as the same gzip line protocol to monapi's
@@ -801,6 +803,10 @@ def table(result: dict[str, Any]) -> str:
         rows += _bulk_rows(result["bulk_lp"])
     if "agent" in result:
         rows += _agent_rows(result["agent"])
+    if "footprint" in result:
+        import footprint
+
+        rows += footprint.table_rows(result["footprint"])
     if "engines" in result:
         import engines
 
@@ -937,7 +943,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--skip-bulk-lp", action="store_true", help="skip the bulk line-protocol (/write) phase"
     )
-    ap.add_argument("--skip-agent", action="store_true")
+    ap.add_argument("--skip-agent", action="store_true", help="skip the agent-sized (wrk) phase")
+    ap.add_argument(
+        "--skip-footprint", action="store_true", help="skip the monapi-agent footprint phase"
+    )
+    ap.add_argument(
+        "--footprint-seconds",
+        type=float,
+        default=None,
+        help="steady part of the monapi-agent footprint run (default 120; --quick 30)",
+    )
+    ap.add_argument(
+        "--footprint-interval",
+        type=int,
+        default=10,
+        help="the agent's interval in the footprint run (default 10 s)",
+    )
     ap.add_argument(
         "--skip-engines", action="store_true", help="skip the InfluxDB/VictoriaMetrics comparison"
     )
@@ -1042,6 +1063,31 @@ def main(argv: list[str] | None = None) -> int:
                 result["server_log_tail"] = (srv.data_dir / "server.log").read_text(
                     errors="replace"
                 )[-4000:]
+        if not args.skip_footprint:
+            import footprint
+
+            seconds = args.footprint_seconds or (30.0 if args.quick else 120.0)
+            print(
+                f"monapi-agent footprint: {args.footprint_interval} s interval, "
+                f"{seconds:g} s steady ...",
+                flush=True,
+            )
+            with running_server(tmp / "footprint", 1, 4, args.log_level) as srv:
+                result["footprint"] = footprint.run_footprint(
+                    srv.base,
+                    srv.admin_token,
+                    api,
+                    srv.port,
+                    tmp / "agent",
+                    seconds,
+                    args.footprint_interval,
+                )
+            f = result["footprint"]
+            print(
+                f"  peak RSS {f['rss_hwm_mb']} MB, CPU {f['cpu_percent_of_one_core']}% of one "
+                f"core, {f['samples']} samples, {f['stored_cpu_values']} stored",
+                flush=True,
+            )
         if not args.skip_engines and engine_names:
             import engines
 
@@ -1065,7 +1111,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS_DIR / f"{stamp}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    if any(k in result for k in ("bulk", "bulk_lp", "agent", "engines")):
+    if any(k in result for k in ("bulk", "bulk_lp", "agent", "footprint", "engines")):
         print()
         print(table(result))
     if "engines" in result:
@@ -1086,6 +1132,9 @@ def main(argv: list[str] | None = None) -> int:
         b = result.get(phase)
         if b and not (b["stored_matches"] and b["not_204"] == 0 and not b["errors"]):
             status = 1
+    f = result.get("footprint")
+    if f and not (f["stored_matches"] and f["exit_code"] == 0 and not f["errors"]):
+        status = 1
     if "engines" in result:
         import engines
 
