@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from . import engines
 from .test_serve import call, free_port, start_instance
 
 pytestmark = pytest.mark.slow
@@ -378,3 +379,23 @@ def test_install_service_writes_the_unit_for_this_installation(tmp_path: Path) -
     assert shutil.which(command.split()[0])
     assert "@" not in unit
     assert "WantedBy=multi-user.target" in unit
+
+
+def test_the_shipped_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        engines.missing("systemd-analyze", "install the systemd package")
+    done = agent(
+        tmp_path / "agent.toml", "install-service", "--unit-dir", str(tmp_path), "--no-enable"
+    )
+    assert done.returncode == 0, done.stderr
+    verify = subprocess.run(
+        [str(analyze), "verify", str(tmp_path / "monapi-agent.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # verify prints a line for every unknown key or unusable command, and exits 1 for the latter
+    assert verify.returncode == 0, verify.stderr
+    assert "monapi-agent.service" not in verify.stderr, verify.stderr

@@ -406,10 +406,13 @@ def test_a_line_longer_than_victoriametrics_reads_is_refused_alone(
 def test_a_4xx_from_victoriametrics_reports_every_point_it_carried_as_refused(
     vm: VictoriaMetricsStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("monapi.tsdb.victoriametrics.MAX_LINE_BYTES", 10**9)  # send it anyway
+    # A malformed extra_label is a 400 every time. (An over-long line is not: VictoriaMetrics
+    # checks -influx.maxLineSize only while a line is still incomplete in its read buffer, and
+    # that buffer is pooled, so after large requests a long line can pass; that made this test
+    # fail once in a full run.)
+    monkeypatch.setattr(vm, "write_path", vm.write_path + "?extra_label=not-a-pair")
     now = int(time.time()) * SEC
-    wide = {f"field_{i:05d}": float(i) for i in range(20_000)}
-    pts = [point("system", now, {"load1": 1.0}), point("wide", now, wide)]
+    pts = [point("system", now, {"load1": 1.0}), point("system", now, {"load5": 2.0})]
     refused = vm.write([WriteBatch(sid(), "w-02", pts)])
     assert [r.index for r in refused] == [0, 1]
     assert all("VictoriaMetrics refused" in r.reason and "400" in r.reason for r in refused)
