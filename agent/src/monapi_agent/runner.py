@@ -438,7 +438,8 @@ class Runner:
         if reply.outcome is Outcome.UNAUTHORIZED:
             hint = (
                 "the server key was rotated or revoked, or this server was disabled or deleted;"
-                " run `monapi-agent register --force` or put the new key in the config file"
+                " put the new key (POST /api/v1/servers/ID/rotate-key) in the config file and"
+                " restart, or, for a deleted server, `monapi-agent register --force`"
             )
             if what != self._last_failure:
                 log.error(
