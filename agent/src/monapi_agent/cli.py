@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -193,7 +194,7 @@ def run(ctx: click.Context, url: str | None, spool_path: str | None) -> None:
             max_bytes=settings.spool_max_bytes,
             max_age=settings.spool_max_age,
         )
-    except (OSError, Exception) as exc:  # sqlite3.Error or a permission problem
+    except (OSError, sqlite3.Error) as exc:  # a permission problem, a corrupt file
         _fail(f"cannot open the spool {settings.spool_path}: {exc}")
     client = Client(base, key, timeout=settings.timeout, ca_file=settings.ca_file)
     runner = Runner(
