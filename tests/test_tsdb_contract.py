@@ -23,6 +23,16 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
+from monapi.tsdb import Point, Series, TimeSeriesStore, Value, WriteBatch
+from monapi.tsdb.influxdb import server_match
+from monapi.tsdb.victoriametrics import (
+    MANY_CHUNK,
+    MANY_CHUNK_CHARS,
+    VictoriaMetricsStore,
+    server_chunks,
+    server_matcher,
+)
+
 from . import engines
 from .conftest import bearer, make_app, push, register_server
 from .test_queries import EXPECTED, SAMPLES
@@ -450,3 +460,206 @@ def test_nothing_is_lost_or_invented_in_a_bigger_batch(backend: Backend) -> None
     got = {x["field"]: x["points"] for x in body["series"]}
     assert got["processes"] == [[T0, n * (n - 1) // 2]]
     assert math.isclose(got["load1"][0][1], float(sum(i % 97 for i in range(n))))
+
+
+# query_many: the answer of query for every server, in one call ----------------------------------
+NS = 1_000_000_000
+MANY_SELECTORS = [
+    ("system", "load1"),
+    ("disk", "used_percent"),
+    ("service", "healthy"),
+    ("system", "processes"),
+]
+# (measurement, tags, offset s, fields)
+Sample = tuple[str, dict[str, str], int, dict[str, Value]]
+
+
+def _store(backend: Backend) -> TimeSeriesStore:
+    store: TimeSeriesStore = backend.app.extensions["monapi.tsdb"]
+    return store
+
+
+def _write(backend: Backend, server_id: int, hostname: str, samples: list[Sample]) -> None:
+    """Points straight into the store (so a test can also write under a renamed host)."""
+    pts = [
+        Point(meas, tuple(sorted(tags.items())), (T0 + off) * NS, fields)
+        for meas, tags, off, fields in samples
+    ]
+    assert _store(backend).write([WriteBatch(server_id, hostname, pts)]) == []
+    backend.sync()
+
+
+def _disks(values: dict[str, list[tuple[int, float]]]) -> list[Sample]:
+    return [
+        ("disk", {"mount": mount}, off, {"used_percent": v})
+        for mount, samples in values.items()
+        for off, v in samples
+    ]
+
+
+@pytest.mark.parametrize("agg", ["mean", "min", "max", "last", "sum", "count"])
+def test_query_many_answers_what_query_answers_for_each_server(backend: Backend, agg: str) -> None:
+    backend.field("service", "healthy", "bool")
+    a, b, idle, old, renamed = (
+        backend.server(h) for h in ("a-01", "b-01", "idle-01", "old-01", "renamed-01")
+    )
+    _write(
+        backend,
+        a["id"],
+        "a-01",
+        [("system", {}, off, {"load1": v}) for off, v in LOAD1]
+        + [("system", {}, off, {"processes": v}) for off, v in PROCS]
+        + [("service", {}, off, {"healthy": v}) for off, v in BOOLS]
+        + _disks({"/": [(0, 50.0), (40, 52.5)], "/srv/my data,x=1": [(5, 10.0), (65, 11.0)]})
+        + _disks({"/var": [(100, 70.25), (200, 71.0)]}),
+    )
+    _write(
+        backend,
+        b["id"],
+        "b-01",
+        [("system", {}, off, {"load1": 100.0 + off}) for off in (0, 31, 59, 60, 250)]
+        + [("service", {}, 70, {"healthy": False})]
+        + _disks({"/": [(45, 20.0)]}),
+    )
+    # Points only outside the range asked for.
+    _write(backend, old["id"], "old-01", [("system", {}, -3600, {"load1": 1.0})])
+    # A renamed host: the server's series continue under a new host tag.
+    _write(
+        backend,
+        renamed["id"],
+        "renamed-old",
+        [("system", {}, 35, {"load1": 1.5}), *_disks({"/": [(50, 30.0)]})],
+    )
+    _write(
+        backend,
+        renamed["id"],
+        "renamed-new",
+        [("system", {}, 95, {"load1": 2.5}), *_disks({"/": [(130, 31.0)]})],
+    )
+    unknown = renamed["id"] + 500
+    ids = [a["id"], b["id"], idle["id"], old["id"], renamed["id"], unknown]
+    store = _store(backend)
+    # From inside the first bucket (a cut bucket) to the end of the fifth.
+    span = ((T0 + 30) * NS, (T0 + 299) * NS, 60 * NS, agg)
+    many = store.query_many(ids, MANY_SELECTORS, *span)
+    assert many == {sid: store.query(sid, MANY_SELECTORS, *span) for sid in ids}
+    assert list(many) == ids
+    assert many[idle["id"]] == many[old["id"]] == many[unknown] == []
+    # The answers are not all empty: every kind of series is there.
+    got_a = [(s.measurement, s.field, s.tags) for s in many[a["id"]]]
+    assert got_a == [
+        ("system", "load1", {}),
+        ("system", "processes", {}),
+        ("disk", "used_percent", {"mount": "/"}),
+        ("disk", "used_percent", {"mount": "/srv/my data,x=1"}),
+        ("disk", "used_percent", {"mount": "/var"}),
+        ("service", "healthy", {}),
+    ]
+    got_renamed = [(s.measurement, s.field, s.tags, len(s.points)) for s in many[renamed["id"]]]
+    assert got_renamed == [("system", "load1", {}, 2), ("disk", "used_percent", {"mount": "/"}, 2)]
+    assert [t for t, _ in many[b["id"]][0].points] == [(T0 + off) * NS for off in (0, 60, 240)]
+
+
+def test_query_many_gives_every_server_asked_for_a_key(backend: Backend) -> None:
+    s, idle = backend.server("web-01"), backend.server("idle-01")
+    _write(backend, s["id"], "web-01", [("system", {}, 0, {"load1": 1.0})])
+    store = _store(backend)
+    span = (T0 * NS, (T0 + 59) * NS, 60 * NS, "mean")
+    unknown = idle["id"] + 700
+    got = store.query_many([unknown, idle["id"], s["id"]], [("system", "load1")], *span)
+    assert got == {
+        unknown: [],
+        idle["id"]: [],
+        s["id"]: [Series("system", "load1", {}, [(T0 * NS, 1.0)])],
+    }
+    assert store.query_many([], [("system", "load1")], *span) == {}
+    assert store.query_many([s["id"], idle["id"]], [], *span) == {s["id"]: [], idle["id"]: []}
+    # The same id twice is answered once.
+    assert store.query_many([s["id"], s["id"]], [("system", "load1")], *span) == {
+        s["id"]: [Series("system", "load1", {}, [(T0 * NS, 1.0)])]
+    }
+    with pytest.raises(ValueError, match="median"):
+        store.query_many([s["id"]], [("system", "load1")], T0 * NS, (T0 + 59) * NS, NS, "median")
+
+
+def test_query_many_over_more_servers_than_one_statement_takes(backend: Backend) -> None:
+    x, y, z = (backend.server(h) for h in ("x-01", "y-01", "z-01"))
+    _write(
+        backend,
+        x["id"],
+        "x-01",
+        [("system", {}, 0, {"load1": 1.0}), ("system", {}, 10, {"load1": 2.0})],
+    )
+    _write(backend, y["id"], "y-01", [("system", {}, 20, {"load1": 10.0})])
+    _write(
+        backend, z["id"], "z-01", [("system", {}, 70, {"load1": 5.0}), *_disks({"/": [(80, 9.0)]})]
+    )
+    # Ids no server has, long enough to make VictoriaMetrics' matchers split by their length.
+    fillers = [10**12 + i for i in range(1197)]
+    ids = [x["id"], *fillers[:599], y["id"], *fillers[599:], z["id"]]
+    assert len(ids) == 1200
+    store = _store(backend)
+    selectors = [("system", "load1"), ("disk", "used_percent")]
+    span = (T0 * NS, (T0 + 119) * NS, 60 * NS, "sum")
+    got = store.query_many(ids, selectors, *span)
+    assert list(got) == ids
+    assert got[x["id"]] == [Series("system", "load1", {}, [(T0 * NS, 3.0)])]
+    assert got[y["id"]] == [Series("system", "load1", {}, [(T0 * NS, 10.0)])]
+    assert got[z["id"]] == [
+        Series("system", "load1", {}, [((T0 + 60) * NS, 5.0)]),
+        Series("disk", "used_percent", {"mount": "/"}, [((T0 + 60) * NS, 9.0)]),
+    ]
+    assert all(got[sid] == [] for sid in fillers)
+    for srv in (x, y, z):
+        assert got[srv["id"]] == store.query(srv["id"], selectors, *span)
+
+
+def test_query_many_keeps_each_servers_points_to_itself(backend: Backend) -> None:
+    a, b = backend.server("a-01"), backend.server("b-01")
+    # The same series (measurement, field, tags) on both servers, with other values.
+    for srv, base in ((a, 1.0), (b, 100.0)):
+        _write(
+            backend,
+            srv["id"],
+            srv["hostname"],
+            [
+                ("system", {}, 0, {"load1": base}),
+                ("system", {}, 60, {"load1": base + 1}),
+                *_disks({"/": [(0, base * 2)]}),
+            ],
+        )
+    store = _store(backend)
+    selectors = [("system", "load1"), ("disk", "used_percent")]
+    span = (T0 * NS, (T0 + 119) * NS, 60 * NS, "sum")
+    for srv, base in ((a, 1.0), (b, 100.0)):
+        want = [
+            Series("system", "load1", {}, [(T0 * NS, base), ((T0 + 60) * NS, base + 1)]),
+            Series("disk", "used_percent", {"mount": "/"}, [(T0 * NS, base * 2)]),
+        ]
+        assert store.query_many([a["id"], b["id"]], selectors, *span)[srv["id"]] == want
+        assert store.query_many([srv["id"]], selectors, *span) == {srv["id"]: want}
+
+
+def test_server_conditions_name_exactly_the_servers() -> None:
+    assert server_match([7]) == "\"server_id\"::tag = '7'"
+    assert server_match([1, 22, 333]) == '"server_id"::tag =~ /^(1|22|333)$/'
+    assert server_matcher([7]) == 'server_id="7"'
+    assert server_matcher([1, 22, 333]) == 'server_id=~"1|22|333"'
+
+
+def test_victoriametrics_server_chunks_keep_every_query_within_its_length_limit() -> None:
+    ids = [*range(1, 700), *(10**15 + i for i in range(800)), 5, 6]  # 5 and 6 twice
+    chunks = server_chunks(ids)
+    assert [sid for chunk in chunks for sid in chunk] == list(dict.fromkeys(ids))
+    assert len(chunks[0]) == MANY_CHUNK  # short ids: as many as a chunk takes
+    for chunk in chunks:
+        assert 0 < len(chunk) <= MANY_CHUNK
+        assert len("|".join(map(str, chunk))) <= MANY_CHUNK_CHARS
+    # Even with field names filling a selector, each query stays below VictoriaMetrics'
+    # -search.maxQueryLen (16 KiB).
+    store = VictoriaMetricsStore("http://127.0.0.1:9")
+    wanted = [("m", f"field_{i:03d}_{'x' * 40}") for i in range(200)] + [("disk", "used")]
+    for chunk in chunks:
+        for expr in store._exprs("avg_over_time", server_matcher(chunk), wanted, {}):
+            assert len(expr("3600s", " offset -3600s")) < 16 * 1024
+    store.close()

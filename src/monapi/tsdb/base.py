@@ -90,6 +90,20 @@ class TimeSeriesStore(Protocol):
         """Series of (measurement, field) pairs in [start, end], one value per step bucket."""
         ...
 
+    def query_many(
+        self,
+        server_ids: Sequence[int],
+        selectors: Sequence[tuple[str, str]],
+        start_ns: int,
+        end_ns: int,
+        step_ns: int,
+        agg: str,
+    ) -> dict[int, list[Series]]:
+        """For each server, what ``query(server_id, selectors, start_ns, end_ns, step_ns, agg)``
+        would answer, in one round trip (or a few) rather than one per server. Every requested
+        server id is a key, with an empty list when it has no points in the range."""
+        ...
+
     def latest(self, server_ids: Sequence[int]) -> dict[int, list[LatestValue]]:
         """The newest value of every series of each server."""
         ...
@@ -107,6 +121,49 @@ class TimeSeriesStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ReadsByServers:
+    """``query`` and ``query_many`` of a backend from its ``_read``, which answers for a set of
+    servers at once: one code path, so that both give the same answers."""
+
+    def _read(
+        self,
+        server_ids: Sequence[int],
+        selectors: Sequence[tuple[str, str]],
+        start_ns: int,
+        end_ns: int,
+        step_ns: int,
+        agg: str,
+        tag_filter: dict[str, str] | None = None,
+    ) -> dict[int, list[Series]]:
+        """What ``query`` answers for each server; a key only for a server with series."""
+        raise NotImplementedError
+
+    def query(
+        self,
+        server_id: int,
+        selectors: Sequence[tuple[str, str]],
+        start_ns: int,
+        end_ns: int,
+        step_ns: int,
+        agg: str,
+        tag_filter: dict[str, str] | None = None,
+    ) -> list[Series]:
+        got = self._read([server_id], selectors, start_ns, end_ns, step_ns, agg, tag_filter)
+        return got.get(server_id, [])
+
+    def query_many(
+        self,
+        server_ids: Sequence[int],
+        selectors: Sequence[tuple[str, str]],
+        start_ns: int,
+        end_ns: int,
+        step_ns: int,
+        agg: str,
+    ) -> dict[int, list[Series]]:
+        got = self._read(server_ids, selectors, start_ns, end_ns, step_ns, agg)
+        return {sid: got.get(sid, []) for sid in server_ids}
 
 
 StoreFactory = Callable[[Settings], TimeSeriesStore]

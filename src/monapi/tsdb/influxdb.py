@@ -22,6 +22,7 @@ reported refused, never stored.
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import math
 import os
@@ -37,7 +38,16 @@ import msgspec
 
 from ..errors import StoreRejected, StoreUnavailable
 from ..settings import Settings
-from .base import AGGREGATIONS, LatestValue, Point, Rejection, Series, Value, WriteBatch
+from .base import (
+    AGGREGATIONS,
+    LatestValue,
+    Point,
+    ReadsByServers,
+    Rejection,
+    Series,
+    Value,
+    WriteBatch,
+)
 from .http import EngineHTTP, EngineResponse
 from .lineprotocol import encode
 from .sqlite import tags_to_text
@@ -52,6 +62,7 @@ PROBE_BUDGET = 40
 # cache always triggers a fresh look.
 FIELD_TYPES_TTL_S = 60.0
 LATEST_CHUNK = 100  # servers per latest() query
+MANY_CHUNK = 500  # servers per statement of query_many()
 CHUNK_SIZE = 10_000  # rows per chunk of a /query answer (chunked answers ignore max-row-limit)
 _LP_TYPE: dict[type, str] = {float: "float", int: "integer", bool: "boolean", str: "string"}
 _BOOL_DERIVED = ("mean", "sum", "min", "max")  # InfluxQL cannot apply these to booleans
@@ -74,6 +85,8 @@ _BAD_TAG_RE = re.compile(rf"invalid tag key: input tag {_Q} on measurement {_Q}"
 _decode = msgspec.json.Decoder().decode
 
 TagKey = tuple[tuple[str, str], ...]  # sorted tags without host and server_id
+# (server id, measurement) -> monapi tags -> field -> (bucket start, value) points
+_Got = dict[tuple[int, str], dict[TagKey, dict[str, list[tuple[int, Value]]]]]
 
 
 # InfluxQL quoting -----------------------------------------------------------------------------
@@ -98,6 +111,39 @@ def _identity_free(tags: dict[str, str]) -> TagKey:
     """A series' monapi tags: no host, no server_id, and none of the empty values InfluxDB
     reports for a tag key the series lacks."""
     return tuple(sorted((k, v) for k, v in tags.items() if v != "" and k not in IDENTITY_TAGS))
+
+
+def server_match(server_ids: Sequence[int]) -> str:
+    """The InfluxQL condition on the ``server_id`` tag that selects these servers' points."""
+    tag = f"{quote_ident('server_id')}::tag"
+    if len(server_ids) == 1:
+        return f"{tag} = {quote_string(str(server_ids[0]))}"
+    return f"{tag} =~ /^({'|'.join(str(int(sid)) for sid in server_ids)})$/"
+
+
+def _assemble(wanted: dict[str, list[str]], got: _Got) -> dict[int, list[Series]]:
+    """Each server's series in the embedded store's order: measurement as asked, tags, field
+    as asked."""
+    keyed: dict[int, list[tuple[tuple[int, str, int], Series]]] = {}
+    meas_index = {meas: mi for mi, meas in enumerate(wanted)}
+    for (server_id, meas), by_tags in got.items():
+        for tag_key, by_field in by_tags.items():
+            tags_text = tags_to_text(tag_key)
+            for fi, field in enumerate(wanted[meas]):
+                points = by_field.get(field)
+                if points:
+                    points.sort(key=lambda p: p[0])
+                    keyed.setdefault(server_id, []).append(
+                        (
+                            (meas_index[meas], tags_text, fi),
+                            Series(meas, field, dict(tag_key), points),
+                        )
+                    )
+    out: dict[int, list[Series]] = {}
+    for server_id, items in keyed.items():
+        items.sort(key=lambda item: item[0])
+        out[server_id] = [s for _, s in items]
+    return out
 
 
 def _hours(seconds: float) -> int:
@@ -160,7 +206,7 @@ class _Line:
     text: bytes
 
 
-class InfluxDBStore:
+class InfluxDBStore(ReadsByServers):
     """Points in an InfluxDB 1.x database; see the module docstring for the layout."""
 
     name = "influxdb"
@@ -580,34 +626,38 @@ class InfluxDBStore:
             return self._types
 
     # Reads -----------------------------------------------------------------------------------
-    def query(
+    def _read(
         self,
-        server_id: int,
+        server_ids: Sequence[int],
         selectors: Sequence[tuple[str, str]],
         start_ns: int,
         end_ns: int,
         step_ns: int,
         agg: str,
         tag_filter: dict[str, str] | None = None,
-    ) -> list[Series]:
+    ) -> dict[int, list[Series]]:
+        """The answer of ``query`` for each server (a key only when it has series), from one
+        request: the statements of every measurement for every MANY_CHUNK servers."""
         if agg not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {agg!r}")
         if tag_filter and any(v == "" or k in IDENTITY_TAGS for k, v in tag_filter.items()):
-            return []  # no monapi series has an empty tag value, nor these keys as tags
-        if not selectors:
-            return []
+            return {}  # no monapi series has an empty tag value, nor these keys as tags
+        ids = list(dict.fromkeys(server_ids))
+        if not selectors or not ids:
+            return {}
         self._ensure()
         wanted: dict[str, list[str]] = {}
         for meas, field in selectors:
             if field not in wanted.setdefault(meas, []):
                 wanted[meas].append(field)
         types = self._field_types(selectors)
-        where = (
-            f"{quote_ident('server_id')}::tag = {quote_string(str(server_id))} "
-            f"AND time >= {start_ns} AND time <= {end_ns}"
-        )
+        span = f"time >= {start_ns} AND time <= {end_ns}"
         for key, value in sorted((tag_filter or {}).items()):
-            where += f" AND {quote_ident(key)}::tag = {quote_string(value)}"
+            span += f" AND {quote_ident(key)}::tag = {quote_string(value)}"
+        wheres = [
+            f"{server_match(ids[i : i + MANY_CHUNK])} AND {span}"
+            for i in range(0, len(ids), MANY_CHUNK)
+        ]
         plans = {}
         for meas, fields in wanted.items():
             present = [f for f in fields if (meas, f) in types]
@@ -615,53 +665,44 @@ class InfluxDBStore:
             normal = [f for f in present if f not in booly]
             if normal or booly:
                 plans[meas] = (normal, booly)
-        got: dict[str, dict[TagKey, dict[str, list[tuple[int, Value]]]]] = {}
-        collided = self._run_plans(plans, where, step_ns, agg, types, None, got)
+        got: _Got = {}
+        collided = self._run_plans(plans, wheres, step_ns, agg, types, None, got)
         if collided:
             # A server's points under two host tags (the host was renamed): group by the
-            # monapi tags alone, as one series.
-            got_again: dict[str, dict[TagKey, dict[str, list[tuple[int, Value]]]]] = {}
+            # server and the monapi tags alone, as one series.
+            got_again: _Got = {}
             self._run_plans(
-                {m: plans[m] for m in collided}, where, step_ns, agg, types, collided, got_again
+                {m: plans[m] for m in collided}, wheres, step_ns, agg, types, collided, got_again
             )
+            for stale in [k for k in got if k[1] in collided]:
+                del got[stale]
             got.update(got_again)
-        out: list[tuple[tuple[int, str, int], Series]] = []
-        for mi, (meas, fields) in enumerate(wanted.items()):
-            for tag_key, by_field in got.get(meas, {}).items():
-                tags_text = tags_to_text(tag_key)
-                for fi, field in enumerate(fields):
-                    points = by_field.get(field)
-                    if points:
-                        points.sort(key=lambda p: p[0])
-                        out.append(
-                            ((mi, tags_text, fi), Series(meas, field, dict(tag_key), points))
-                        )
-        out.sort(key=lambda item: item[0])
-        return [s for _, s in out]
+        return _assemble(wanted, got)
 
     def _run_plans(
         self,
         plans: dict[str, tuple[list[str], list[str]]],
-        where: str,
+        wheres: Sequence[str],
         step_ns: int,
         agg: str,
         types: dict[tuple[str, str], frozenset[str]],
         group_keys: dict[str, list[str]] | None,
-        got: dict[str, dict[TagKey, dict[str, list[tuple[int, Value]]]]],
+        got: _Got,
     ) -> dict[str, list[str]]:
-        """Run the statements of every measurement in one request and fill ``got``.
+        """Run the statements of every measurement and every condition (a set of servers) in
+        one request and fill ``got``.
 
         Returns the measurements where two InfluxDB series map to one monapi series, with the
         tag keys to group them by instead (only when ``group_keys`` is None)."""
         statements: list[str] = []
         # (measurement, kind, field) per statement; kind: "agg", "total" or "true"
         what: list[tuple[str, str, str | None]] = []
-        for meas, (normal, booly) in plans.items():
+        for where, (meas, (normal, booly)) in itertools.product(wheres, plans.items()):
             src = f"{self._source}.{quote_ident(meas)}"
             if group_keys is None:
                 group = f"GROUP BY time({step_ns}ns), * fill(none)"
             else:
-                keys = "".join(f", {quote_ident(k)}" for k in group_keys[meas])
+                keys = "".join(f", {quote_ident(k)}" for k in ["server_id", *group_keys[meas]])
                 group = f"GROUP BY time({step_ns}ns){keys} fill(none)"
             if normal:
                 fn = _INFLUXQL_AGG[agg]
@@ -686,34 +727,43 @@ class InfluxDBStore:
             return {}
         results = self._query(statements)
         collided: dict[str, list[str]] = {}
-        totals: dict[tuple[str, TagKey, str], dict[int, int]] = {}
-        trues: dict[tuple[str, TagKey, str], dict[int, int]] = {}
+        # (server id, measurement, tags, field) -> bucket -> count
+        totals: dict[tuple[int, str, TagKey, str], dict[int, int]] = {}
+        trues: dict[tuple[int, str, TagKey, str], dict[int, int]] = {}
         for (meas, kind, _field), result in zip(what, results, strict=True):
             checked = self._checked(result)
             if checked is None:
                 continue
-            seen: set[TagKey] = set()
+            seen: set[tuple[str, TagKey]] = set()
             for s in checked.series:
+                owner = s.tags.get("server_id", "")
+                if not owner.isdigit():
+                    continue
+                server_id = int(owner)
                 tag_key = _identity_free(s.tags)
-                if tag_key in seen and group_keys is None:
+                if (owner, tag_key) in seen and group_keys is None:
                     collided[meas] = sorted(k for k in s.tags if k not in IDENTITY_TAGS)
-                seen.add(tag_key)
+                seen.add((owner, tag_key))
                 for row in s.values:
                     ts = int(row[0])
                     for col, value in zip(s.columns[1:], row[1:], strict=True):
                         if value is None:
                             continue
                         if kind == "agg":
-                            got.setdefault(meas, {}).setdefault(tag_key, {}).setdefault(
-                                col, []
-                            ).append((ts, _convert(value, types[(meas, col)], agg)))
+                            got.setdefault((server_id, meas), {}).setdefault(
+                                tag_key, {}
+                            ).setdefault(col, []).append(
+                                (ts, _convert(value, types[(meas, col)], agg))
+                            )
                         else:
                             into = totals if kind == "total" else trues
-                            bucket = into.setdefault((meas, tag_key, col), {})
+                            bucket = into.setdefault((server_id, meas, tag_key, col), {})
                             bucket[ts] = bucket.get(ts, 0) + int(value)
-        for (meas, tag_key, field), counts in totals.items():
-            true_counts = trues.get((meas, tag_key, field), {})
-            points = got.setdefault(meas, {}).setdefault(tag_key, {}).setdefault(field, [])
+        for (server_id, meas, tag_key, field), counts in totals.items():
+            true_counts = trues.get((server_id, meas, tag_key, field), {})
+            points = (
+                got.setdefault((server_id, meas), {}).setdefault(tag_key, {}).setdefault(field, [])
+            )
             for ts, n in counts.items():
                 points.append((ts, _bool_agg(agg, true_counts.get(ts, 0), n)))
         return collided
@@ -729,7 +779,7 @@ class InfluxDBStore:
         found: dict[tuple[int, str, TagKey], list[tuple[int, dict[str, Any]]]] = {}
         for i in range(0, len(ids), LATEST_CHUNK):
             chunk = ids[i : i + LATEST_CHUNK]
-            where = f"WHERE {quote_ident('server_id')}::tag =~ /^({'|'.join(map(str, chunk))})$/"
+            where = f"WHERE {server_match(chunk)}"
             last_values, newest = self._query(
                 [
                     f"SELECT LAST(*) FROM {src} {where} GROUP BY *",

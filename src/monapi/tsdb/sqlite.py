@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,12 @@ import msgspec
 
 from ..errors import StoreUnavailable
 from ..settings import Settings
-from .base import LatestValue, Rejection, Series, Tags, Value, WriteBatch, register
+from .base import LatestValue, ReadsByServers, Rejection, Series, Tags, Value, WriteBatch, register
 
 log = logging.getLogger("monapi.tsdb.sqlite")
 
 LAYOUT_VERSION = 2  # PRAGMA user_version of a file in this layout
+CHUNK = 500  # server or series ids per read statement
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -81,6 +82,7 @@ _AGG_SQL = {
     "max": "MAX(v)",
     "sum": "SUM(v)",
     "count": "COUNT(v)",
+    "last": "v, MAX(ts)",  # SQLite takes the bare column v from the row of MAX(ts)
 }
 SeriesKey = tuple[int, str, Tags]  # server id, measurement, sorted tags
 Row = tuple[int, int, dict[str, Value]]  # series id, ts, fields
@@ -105,7 +107,7 @@ class _Pending:
         self.error: BaseException | None = None
 
 
-class SQLiteStore:
+class SQLiteStore(ReadsByServers):
     """The embedded time-series store."""
 
     name = "sqlite"
@@ -360,59 +362,99 @@ class SQLiteStore:
 
     # Reads ---------------------------------------------------------------------------------
     def _series(
-        self, conn: sqlite3.Connection, server_id: int, selectors: Sequence[tuple[str, str]]
-    ) -> list[tuple[int, str, str, dict[str, str]]]:
-        """(series id, measurement, field, tags) of every series holding a selected field."""
+        self,
+        conn: sqlite3.Connection,
+        server_ids: Sequence[int],
+        selectors: Sequence[tuple[str, str]],
+    ) -> dict[int, list[tuple[int, str, str, dict[str, str]]]]:
+        """(series id, measurement, field, tags) of every series holding a selected field, per
+        server: measurements as asked, then tags, then fields as asked."""
         wanted: dict[str, list[str]] = {}
         for meas, field in selectors:
             wanted.setdefault(meas, []).append(field)
-        out: list[tuple[int, str, str, dict[str, str]]] = []
+        out: dict[int, list[tuple[int, str, str, dict[str, str]]]] = {}
+        marks = ",".join("?" * len(server_ids))
         for meas, fields in wanted.items():
-            for sid, tags, names in conn.execute(
-                "SELECT id, tags, fields FROM series WHERE server_id = ? AND measurement = ?"
-                " ORDER BY tags",
-                (server_id, meas),
+            for server_id, sid, tags, names in conn.execute(
+                "SELECT server_id, id, tags, fields FROM series"
+                f" WHERE server_id IN ({marks}) AND measurement = ? ORDER BY server_id, tags",
+                (*server_ids, meas),
             ):
                 present = set(_decode_names(names))
-                out.extend((int(sid), meas, f, _decode_tags(tags)) for f in fields if f in present)
+                out.setdefault(int(server_id), []).extend(
+                    (int(sid), meas, f, _decode_tags(tags)) for f in fields if f in present
+                )
         return out
 
-    def query(
+    @staticmethod
+    def _buckets(
+        conn: sqlite3.Connection,
+        wanted: Iterable[tuple[int, str]],
+        start_ns: int,
+        end_ns: int,
+        step_ns: int,
+        agg: str,
+    ) -> dict[tuple[int, str], list[tuple[int, Value]]]:
+        """(bucket start, value) of each wanted (series id, field) with points in the range.
+
+        One statement per field name and CHUNK series: each series is one walk of the
+        (series_id, ts) key, and a bucket's points are aggregated in time order. ``LIMIT -1``
+        keeps the inner select from being flattened into the grouping one: flattened, SQLite
+        sorts the whole JSON of each point and parses it twice (the filter, the aggregate)."""
+        by_field: dict[str, list[int]] = {}
+        for sid, field in dict.fromkeys(wanted):
+            by_field.setdefault(field, []).append(sid)
+        outer = _AGG_SQL[agg]
+        out: dict[tuple[int, str], list[tuple[int, Value]]] = {}
+        for field, sids in by_field.items():
+            for i in range(0, len(sids), CHUNK):
+                chunk = sids[i : i + CHUNK]
+                sql = (
+                    f"SELECT series_id, (ts / ?) * ? AS b, {outer} FROM ("
+                    "SELECT series_id, ts, json_extract(fields, ?) AS v FROM points "
+                    f"WHERE series_id IN ({','.join('?' * len(chunk))}) AND ts >= ? AND ts <= ? "
+                    "LIMIT -1) WHERE v IS NOT NULL GROUP BY series_id, b ORDER BY series_id, b"
+                )
+                params = (step_ns, step_ns, _json_path(field), *chunk, start_ns, end_ns)
+                for sid, b, value, *_ in conn.execute(sql, params):
+                    out.setdefault((sid, field), []).append((int(b), value))
+        return out
+
+    def _read(
         self,
-        server_id: int,
+        server_ids: Sequence[int],
         selectors: Sequence[tuple[str, str]],
         start_ns: int,
         end_ns: int,
         step_ns: int,
         agg: str,
         tag_filter: dict[str, str] | None = None,
-    ) -> list[Series]:
+    ) -> dict[int, list[Series]]:
+        """The answer of ``query`` for each server (a key only when it has series)."""
+        if agg not in _AGG_SQL:
+            raise ValueError(f"unknown aggregation {agg!r}")
         try:
             conn = self._reader()
-            result: list[Series] = []
-            inner = (
-                "SELECT ts, json_extract(fields, ?) AS v FROM points "
-                "WHERE series_id = ? AND ts >= ? AND ts <= ?"
-            )
-            if agg == "last":
-                sql = (
-                    f"SELECT (ts / ?) * ? AS b, v, MAX(ts) FROM ({inner}) WHERE v IS NOT NULL "
-                    "GROUP BY b ORDER BY b"
-                )
-            else:
-                sql = (
-                    f"SELECT (ts / ?) * ? AS b, {_AGG_SQL[agg]} FROM ({inner}) "
-                    "WHERE v IS NOT NULL GROUP BY b ORDER BY b"
-                )
-            for sid, meas, field, tags in self._series(conn, server_id, selectors):
-                if tag_filter and any(tags.get(k) != v for k, v in tag_filter.items()):
-                    continue
-                rows = conn.execute(
-                    sql, (step_ns, step_ns, _json_path(field), sid, start_ns, end_ns)
-                ).fetchall()
-                if rows:
-                    result.append(Series(meas, field, tags, [(int(r[0]), r[1]) for r in rows]))
-            return result
+            out: dict[int, list[Series]] = {}
+            ids = list(dict.fromkeys(server_ids))
+            for i in range(0, len(ids), CHUNK):
+                found = self._series(conn, ids[i : i + CHUNK], selectors)
+                if tag_filter:
+                    for server_id, rows in found.items():
+                        found[server_id] = [
+                            r for r in rows if all(r[3].get(k) == v for k, v in tag_filter.items())
+                        ]
+                wanted = [(sid, field) for rows in found.values() for sid, _, field, _ in rows]
+                points = self._buckets(conn, wanted, start_ns, end_ns, step_ns, agg)
+                for server_id, rows in found.items():
+                    series = [
+                        Series(meas, field, tags, list(points[(sid, field)]))
+                        for sid, meas, field, tags in rows
+                        if (sid, field) in points
+                    ]
+                    if series:
+                        out[server_id] = series
+            return out
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"time-series store read failed: {exc}") from exc
 
@@ -423,8 +465,8 @@ class SQLiteStore:
         try:
             conn = self._reader()
             ids = list(server_ids)
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
+            for i in range(0, len(ids), CHUNK):
+                chunk = ids[i : i + CHUNK]
                 marks = ",".join("?" * len(chunk))
                 for server_id, meas, tags, ts, fields in conn.execute(
                     "SELECT s.server_id, s.measurement, s.tags, l.ts, l.fields "

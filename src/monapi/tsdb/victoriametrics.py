@@ -43,7 +43,7 @@ import msgspec
 
 from ..errors import StoreRejected, StoreUnavailable
 from ..settings import Settings
-from .base import LatestValue, Point, Rejection, Series, Tags, Value, WriteBatch
+from .base import LatestValue, Point, ReadsByServers, Rejection, Series, Tags, Value, WriteBatch
 from .http import EngineHTTP, EngineResponse
 from .lineprotocol import default_identity, encode
 from .sqlite import tags_to_text
@@ -58,6 +58,8 @@ MAX_LINE_BYTES = 256 * 1024  # its default -influx.maxLineSize: a longer line fa
 MAX_EXACT_INT = 2**53  # line-protocol integers are parsed into 64-bit floats
 MAX_QUERY_CHARS = 12_000  # below its default -search.maxQueryLen (16 KiB)
 LATEST_CHUNK = 500  # server ids per latest() query
+MANY_CHUNK = 500  # server ids per query of query_many(), at most
+MANY_CHUNK_CHARS = MAX_QUERY_CHARS // 4  # and at most this much text of ids
 # query_range answers whose evaluation time is later than now - latencyOffset may have their
 # last points rewritten by VictoriaMetrics (newer versions copy the previous value into them).
 # Ranges reaching that close to now are evaluated this far in the past, with a negative offset.
@@ -204,12 +206,36 @@ def _split(metric: dict[str, str]) -> tuple[str, SeriesKey] | None:
     return owner, (meas, name[len(meas) + 1 :], tags)
 
 
+def server_matcher(server_ids: Sequence[int]) -> str:
+    """The label matcher that selects these servers' series (ids are integers: no quoting
+    or regex escaping is needed)."""
+    if len(server_ids) == 1:
+        return f"server_id={quote(str(server_ids[0]))}"
+    return f"server_id=~{quote('|'.join(str(int(sid)) for sid in server_ids))}"
+
+
+def server_chunks(server_ids: Sequence[int]) -> list[list[int]]:
+    """The distinct ids in groups of at most MANY_CHUNK ids and MANY_CHUNK_CHARS characters,
+    so that a selector with a group's matcher and a long list of names still fits one query
+    (see VictoriaMetricsStore._exprs)."""
+    chunks: list[list[int]] = []
+    size = 0
+    for sid in dict.fromkeys(server_ids):
+        cost = len(str(int(sid))) + 1
+        if not chunks or len(chunks[-1]) >= MANY_CHUNK or size + cost > MANY_CHUNK_CHARS:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(sid)
+        size += cost
+    return chunks
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
 # The store -------------------------------------------------------------------------------------
-class VictoriaMetricsStore:
+class VictoriaMetricsStore(ReadsByServers):
     """Time series in VictoriaMetrics (single node, or a cluster's vminsert and vmselect)."""
 
     name = "victoriametrics"
@@ -349,40 +375,38 @@ class VictoriaMetricsStore:
         return (b"\n".join(keep) + b"\n" if keep else b""), kept
 
     # Reads ---------------------------------------------------------------------------------
-    def query(
+    def _read(
         self,
-        server_id: int,
+        server_ids: Sequence[int],
         selectors: Sequence[tuple[str, str]],
         start_ns: int,
         end_ns: int,
         step_ns: int,
         agg: str,
         tag_filter: dict[str, str] | None = None,
-    ) -> list[Series]:
+    ) -> dict[int, list[Series]]:
+        """The answer of ``query`` for each server (a key only when it has series): the same
+        requests as for one server, with the servers' ids in one label matcher (a few hundred
+        ids per matcher, see server_chunks), run in parallel."""
         func = _FUNCS.get(agg)
         if func is None:
             raise ValueError(f"unknown aggregation {agg!r}")
         if step_ns <= 0 or step_ns % 1_000_000:
             raise StoreRejected(f"{ENGINE} keeps millisecond timestamps: use a whole-ms step")
         wanted = list(dict.fromkeys(selectors))
-        if not wanted:
-            return []
+        if not wanted or not server_ids:
+            return {}
         tag_filter = tag_filter or {}
         if any(k in IDENTITY_LABELS or k.startswith("__") or not v for k, v in tag_filter.items()):
-            return []  # no series has such a tag (as in the embedded store)
+            return {}  # no series has such a tag (as in the embedded store)
         step = step_ns // 1_000_000
         # Samples are whole milliseconds: ts >= start_ns and ts <= end_ns on them.
         lo, hi = _ceil_div(start_ns, 1_000_000), end_ns // 1_000_000
         if hi < lo:
-            return []
+            return {}
         first, last = lo - lo % step, hi - hi % step  # bucket starts, aligned to the epoch
-        calls: list[Callable[[], list[tuple[int, _Result]]]] = []
         full_lo = first if lo == first else first + step
         full_hi = last if hi == last + step - 1 else last - step
-        exprs = self._exprs(func, server_id, wanted, tag_filter)
-        if full_lo <= full_hi:
-            for expr in exprs:
-                calls.append(self._range_call(expr, full_lo, full_hi, step))
         # Buckets cut by start or end: one instant query each, windowed to the part inside.
         cut = []
         if first == last:
@@ -393,15 +417,21 @@ class VictoriaMetricsStore:
                 cut.append((first, lo, first + step - 1))
             if hi != last + step - 1:
                 cut.append((last, last, hi))
-        for bucket, a, b in cut:
-            for expr in exprs:
-                calls.append(self._instant_call(expr, bucket, a, b))
+        calls: list[Callable[[], list[tuple[int, _Result]]]] = []
+        for chunk in server_chunks(server_ids):
+            exprs = self._exprs(func, server_matcher(chunk), wanted, tag_filter)
+            if full_lo <= full_hi:
+                for expr in exprs:
+                    calls.append(self._range_call(expr, full_lo, full_hi, step))
+            for bucket, a, b in cut:
+                for expr in exprs:
+                    calls.append(self._instant_call(expr, bucket, a, b))
         return self._assemble(self._run(calls), wanted, tag_filter, agg == "count")
 
     def _exprs(
         self,
         func: str,
-        server_id: int,
+        servers: str,
         wanted: Sequence[tuple[str, str]],
         tag_filter: dict[str, str],
     ) -> list[Callable[[str, str], str]]:
@@ -420,7 +450,7 @@ class VictoriaMetricsStore:
         )
         selectors: list[tuple[str, str]] = []  # (measurement, selector)
         for meas, names in fields.items():
-            tail = f",{MEASUREMENT_LABEL}={quote(meas)},server_id={quote(str(server_id))}{extra}}}"
+            tail = f",{MEASUREMENT_LABEL}={quote(meas)},{servers}{extra}}}"
             chunk: list[str] = []
             for name in [_regex_literal(f"{meas}_{f}") for f in names]:
                 if chunk and sum(len(n) + 1 for n in chunk) + len(name) > MAX_QUERY_CHARS // 2:
@@ -502,44 +532,51 @@ class VictoriaMetricsStore:
         wanted: Sequence[tuple[str, str]],
         tag_filter: dict[str, str],
         as_int: bool,
-    ) -> list[Series]:
-        """Series in the embedded store's order: measurement as asked, tags, field as asked."""
+    ) -> dict[int, list[Series]]:
+        """Each server's series in the embedded store's order: measurement as asked, tags,
+        field as asked."""
         order = {key: n for n, key in enumerate(wanted)}
         meas_order: dict[str, int] = {}
         for meas, _ in wanted:
             meas_order.setdefault(meas, len(meas_order))
-        points: dict[SeriesKey, dict[int, Value]] = {}
+        points: dict[tuple[int, SeriesKey], dict[int, Value]] = {}
         for answer in answers:
             for adjust, r in answer:
                 found = _split(r.metric)
                 if found is None or (found[1][0], found[1][1]) not in order:
                     continue
-                key = found[1]
+                owner, key = found
+                if not owner.isdigit():
+                    continue
                 if any(dict(key[2]).get(k) != v for k, v in tag_filter.items()):
                     continue
-                bucket_values = points.setdefault(key, {})
+                bucket_values = points.setdefault((int(owner), key), {})
                 for t, v in r.values:
                     value = float(v)
                     if math.isnan(value):
                         continue
                     bucket = round(t * 1000) + adjust
                     bucket_values[bucket] = int(value) if as_int else value
+        texts: dict[Tags, str] = {}
+        for _, (_, _, tags) in points:
+            if tags not in texts:
+                texts[tags] = tags_to_text(tags)
         keys = sorted(
             (k for k, v in points.items() if v),
-            key=lambda k: (meas_order[k[0]], tags_to_text(k[2]), order[(k[0], k[1])]),
+            key=lambda k: (k[0], meas_order[k[1][0]], texts[k[1][2]], order[k[1][:2]]),
         )
-        return [
-            Series(
-                meas,
-                field,
-                dict(tags),
-                [
-                    (b * 1_000_000, points[(meas, field, tags)][b])
-                    for b in sorted(points[(meas, field, tags)])
-                ],
+        out: dict[int, list[Series]] = {}
+        for server_id, (meas, field, tags) in keys:
+            by_bucket = points[(server_id, (meas, field, tags))]
+            out.setdefault(server_id, []).append(
+                Series(
+                    meas,
+                    field,
+                    dict(tags),
+                    [(b * 1_000_000, by_bucket[b]) for b in sorted(by_bucket)],
+                )
             )
-            for meas, field, tags in keys
-        ]
+        return out
 
     def latest(self, server_ids: Sequence[int]) -> dict[int, list[LatestValue]]:
         """Newest value of each series, looked for within the latest window (older: not shown).
@@ -555,10 +592,7 @@ class VictoriaMetricsStore:
         calls: list[Callable[[], _Data]] = []
         for i in range(0, len(ids), LATEST_CHUNK):
             chunk = ids[i : i + LATEST_CHUNK]
-            if len(chunk) == 1:
-                sel = f"{{server_id={quote(str(chunk[0]))}}}"
-            else:
-                sel = f"{{server_id=~{quote('|'.join(map(str, chunk)))}}}"
+            sel = f"{{{server_matcher(chunk)}}}"
             for func in ("last_over_time", "tlast_over_time"):
                 query = f"{func}({sel}[{window}]) keep_metric_names"
                 calls.append(self._prom_call("/query", {"query": query, "time": at}))
