@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: install engines serve test lint format bench agent-wheel clean
 
 # Debian packages of the engines the tests start as throwaway processes.
-ENGINE_PKGS := influxdb victoria-metrics
+ENGINE_PKGS := influxdb victoria-metrics chromium
 
 $(STAMP): pyproject.toml agent/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,12 +22,13 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/monapi serve
 
-## Install the InfluxDB and VictoriaMetrics packages the tests need, if missing (as root or
-## with sudo); PostgreSQL and Redis are expected to be running already.
+## Install the InfluxDB, VictoriaMetrics and Chromium packages the tests need, if missing (as
+## root or with sudo); PostgreSQL and Redis are expected to be running already.
 engines:
 	@missing=""; \
 	command -v influxd >/dev/null 2>&1 || missing="$$missing influxdb"; \
 	command -v victoria-metrics >/dev/null 2>&1 || missing="$$missing victoria-metrics"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; \

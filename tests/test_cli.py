@@ -30,8 +30,8 @@ def run(cli: tuple[CliRunner, dict[str, str]], *args: str) -> str:
 def test_db_upgrade_then_tokens_and_listing(
     cli: tuple[CliRunner, dict[str, str]], tmp_path: Path
 ) -> None:
-    assert "schema at 0001" in run(cli, "db", "upgrade")
-    assert "schema at 0001" in run(cli, "db", "upgrade")  # idempotent
+    assert "schema at 0002" in run(cli, "db", "upgrade")
+    assert "schema at 0002" in run(cli, "db", "upgrade")  # idempotent
     admin = run(cli, "admin", "create-token", "--name", "ops").strip()
     assert admin.startswith("mka_")
     enroll = run(cli, "enroll", "create", "--expires", "1h", "--max-uses", "2").strip()

@@ -20,7 +20,7 @@ from flask_openapi3 import Info
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from . import __version__, auth, cache, db, fields, ratelimit
+from . import __version__, auth, cache, dashboard, db, fields, ratelimit
 from .api import health, influx
 from .api.spec import MonapiOpenAPI
 from .api.v1 import agent, data, enrollment, metrics, servers
@@ -170,6 +170,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     ):
         app.register_api(bp)
     auth.check_rules_cover(app, public=set())
+    dashboard.init_app(app, settings)
     _refuse_json_string_bodies(app)
     _install_request_logging(app)
     if settings.database_url and settings.key_pepper is None:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from flask import Flask
@@ -17,7 +17,7 @@ from .settings import ConfigError, load_settings, parse_duration
 GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"monapi: {message}", err=True)
     sys.exit(2)
 
@@ -75,7 +75,7 @@ def _safe_url(url: str) -> str:
 # admin ---------------------------------------------------------------------------------------
 @main.group()
 def admin() -> None:
-    """Admin tokens."""
+    """Admin tokens and dashboard users."""
 
 
 @admin.command("create-token")
@@ -92,6 +92,95 @@ def admin_create_token(name: str) -> None:
     click.echo(token)
 
 
+def _read_password(from_stdin: bool) -> str:
+    """The new password: one line of standard input, or asked twice without echo."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    value: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return value
+
+
+_PASSWORD_STDIN = click.option(
+    "--password-stdin", is_flag=True, help="read the password from standard input (one line)"
+)
+
+
+@admin.command("create-user")
+@click.argument("username")
+@_PASSWORD_STDIN
+def admin_create_user(username: str, password_stdin: bool) -> None:
+    """Create a dashboard user (the password is asked for, or read with --password-stdin)."""
+    from . import db
+    from .services import users
+
+    try:
+        users.check_username(username)
+        password = users.check_password(_read_password(password_stdin))
+    except users.UserError as exc:
+        _fail(str(exc))
+    with app_context():
+        try:
+            users.create_user(db.session(), username, password)
+        except users.UserError as exc:
+            _fail(str(exc))
+    click.echo(f"created dashboard user {username}")
+
+
+@admin.command("set-password")
+@click.argument("username")
+@_PASSWORD_STDIN
+def admin_set_password(username: str, password_stdin: bool) -> None:
+    """Change a dashboard user's password; also unlocks the user and ends the user's sessions."""
+    from . import db
+    from .services import users
+
+    with app_context():
+        session = db.session()
+        user = users.get_user(session, username)
+        if user is None:
+            _fail(f"no dashboard user {username!r}")
+        try:
+            users.set_password(session, user, _read_password(password_stdin))
+        except users.UserError as exc:
+            _fail(str(exc))
+    click.echo(f"password of {username} changed")
+
+
+@admin.command("list-users")
+def admin_list_users() -> None:
+    """The dashboard users."""
+    from . import db
+    from .services import users
+
+    with app_context():
+        rows = [
+            {
+                "username": u.username,
+                "created_at": u.created_at,
+                "last_login_at": u.last_login_at,
+                "locked_until": u.locked_until,
+            }
+            for u in users.list_users(db.session())
+        ]
+    _table(rows, ["username", "created_at", "last_login_at", "locked_until"])
+
+
+@admin.command("delete-user")
+@click.argument("username")
+def admin_delete_user(username: str) -> None:
+    """Remove a dashboard user (and end the user's sessions)."""
+    from . import db
+    from .services import users
+
+    with app_context():
+        session = db.session()
+        user = users.get_user(session, username)
+        if user is None:
+            _fail(f"no dashboard user {username!r}")
+        users.delete_user(session, user)
+    click.echo(f"deleted dashboard user {username}")
+
+
 # enroll --------------------------------------------------------------------------------------
 @main.group()
 def enroll() -> None:
@@ -105,12 +194,15 @@ def enroll() -> None:
 def enroll_create(expires: str | None, max_uses: int | None, name: str) -> None:
     """Create an enrollment token and print it (shown only this once)."""
     from . import auth, db
+    from .schemas import MAX_TOKEN_LIFETIME_S
     from .services.tokens import create_token
 
     try:
         expires_s = parse_duration(expires) if expires else None
     except ValueError as exc:
         _fail(f"--expires: {exc}")
+    if expires_s is not None and not 1 <= expires_s <= MAX_TOKEN_LIFETIME_S:
+        _fail("--expires: from 1s to 10 years (3650d)")
     with app_context():
         session = db.session()
         _row, token = create_token(

@@ -340,7 +340,8 @@ class FieldListQuery(Strict):
 DurationText = Annotated[
     str, Field(json_schema_extra={"pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d|w)?\s*$"})
 ]
-ExpirySeconds = Annotated[int, Field(ge=1, le=10 * 365 * 86400), BeforeValidator(_integral)]
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400  # the longest lifetime of an enrollment token
+ExpirySeconds = Annotated[int, Field(ge=1, le=MAX_TOKEN_LIFETIME_S), BeforeValidator(_integral)]
 
 
 class EnrollCreate(Strict):
@@ -355,7 +356,7 @@ class EnrollCreate(Strict):
     def _dur(cls, v: str | int | None) -> str | int | None:
         if v is not None:
             seconds = parse_duration(v)
-            if not 1 <= seconds <= 10 * 365 * 86400:
+            if not 1 <= seconds <= MAX_TOKEN_LIFETIME_S:
                 raise ValueError("expires_in must be between 1 second and 10 years")
         return v
 

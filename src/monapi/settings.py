@@ -158,6 +158,30 @@ class Settings(BaseSettings):
         "60/minute",  # type: ignore[assignment]  # parsed by the BeforeValidator
         description=f"registrations per client address: {RATE_HELP}",
     )
+    rate_limit_login: RateLimit = Field(
+        "10/minute",  # type: ignore[assignment]  # parsed by the BeforeValidator
+        description=f"dashboard log-in attempts per client address: {RATE_HELP}",
+    )
+    login_max_failures: int = Field(
+        5, ge=1, le=1000, description="failed log-ins in a row before a dashboard user is locked"
+    )
+    login_lockout: Duration = Field(
+        900, description=f"how long a dashboard user stays locked: {DURATION_HELP}"
+    )
+    session_lifetime: Duration = Field(
+        12 * 3600,
+        description=f"a dashboard session ends after this long without a request: {DURATION_HELP}",
+    )
+    cookie_secure: bool = Field(
+        True,
+        description="mark the dashboard's session cookie Secure (sent over HTTPS only; browsers "
+        "make an exception for localhost); false to use the dashboard over plain HTTP",
+    )
+    public_url: str | None = Field(
+        None,
+        description="the URL agents reach monapi at, shown in the dashboard's install commands; "
+        "default the URL the browser used",
+    )
     proxy_hops: int = Field(
         0,
         ge=0,
@@ -227,7 +251,9 @@ class Settings(BaseSettings):
             raise ValueError("expected host:port, for example 127.0.0.1:8000")
         return v
 
-    @field_validator("influxdb_url", "victoriametrics_url", "victoriametrics_select_url")
+    @field_validator(
+        "influxdb_url", "victoriametrics_url", "victoriametrics_select_url", "public_url"
+    )
     @classmethod
     def _check_http_url(cls, v: str | None) -> str | None:
         if v is None:
