@@ -960,6 +960,21 @@ def main(argv: list[str] | None = None) -> int:
         help="the agent's interval in the footprint run (default 10 s)",
     )
     ap.add_argument(
+        "--skip-dashboard", action="store_true", help="skip the dashboard render-time phase"
+    )
+    ap.add_argument(
+        "--dashboard-servers",
+        type=int,
+        default=1000,
+        help="servers (with an hour of data each) in the dashboard phase (default 1000)",
+    )
+    ap.add_argument(
+        "--dashboard-rounds",
+        type=int,
+        default=None,
+        help="requests per page in the dashboard phase (default 7; --quick 3)",
+    )
+    ap.add_argument(
         "--skip-engines", action="store_true", help="skip the InfluxDB/VictoriaMetrics comparison"
     )
     ap.add_argument(
@@ -1088,6 +1103,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"core, {f['samples']} samples, {f['stored_cpu_values']} stored",
                 flush=True,
             )
+        if not args.skip_dashboard:
+            import dashboard
+
+            n_dash = args.dashboard_servers
+            print(f"dashboard: {n_dash} servers with an hour of data each ...", flush=True)
+            with running_server(
+                tmp / "dashboard", args.workers, args.threads, args.log_level
+            ) as srv:
+                result["dashboard"] = dashboard.run_dashboard(
+                    srv.base,
+                    srv.admin_token,
+                    api,
+                    srv.port,
+                    srv.data_dir,
+                    n_dash,
+                    args.dashboard_rounds or (3 if args.quick else 7),
+                )
+            print(format_table(dashboard.rows(result["dashboard"])), flush=True)
         if not args.skip_engines and engine_names:
             import engines
 
