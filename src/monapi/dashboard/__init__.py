@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from .. import __version__
 from ..errors import ApiError, StoreUnavailable, request_id
 from ..settings import Settings
 from . import charts
@@ -135,13 +136,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         view = app.view_functions[rule.endpoint]
         if not getattr(view, "login_required", False):
             raise RuntimeError(f"dashboard endpoint {rule.endpoint} is not behind login_required")
-    app.jinja_env.globals["static_version"] = _static_version()
-
-
-def _static_version() -> str:
-    from .. import __version__
-
-    return __version__
+    app.jinja_env.globals["static_version"] = __version__  # cache-busting query of assets
 
 
 def htmx() -> bool:

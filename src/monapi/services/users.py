@@ -21,7 +21,9 @@ MAX_PASSWORD = 1024
 # 50 ms per check here, which is what slows guessing down, on top of the lock-out.
 _hasher = PasswordHasher()
 # Checked when the user name is unknown, so that an unknown name takes as long as a wrong password.
-_DUMMY_HASH = _hasher.hash("monapi: no such user")
+# Made on first use: hashing costs ~180 ms, which every process importing this module (each
+# gunicorn worker, each CLI command) would otherwise pay at start.
+_DUMMY_HASH: str | None = None
 
 
 class UserError(ValueError):
@@ -119,7 +121,7 @@ def authenticate(
     now = now or utcnow()
     user = get_user(session, username) if USERNAME_RE.fullmatch(username) else None
     if user is None:
-        _verify(_DUMMY_HASH, password)
+        _verify(_dummy_hash(), password)
         raise LoginRefused("wrong user name or password")
     if user.locked_until is not None and user.locked_until > now:
         wait = max(1, int((user.locked_until - now).total_seconds() + 0.999))
@@ -146,6 +148,13 @@ def authenticate(
     user.last_login_at = now
     session.commit()
     return user
+
+
+def _dummy_hash() -> str:
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = _hasher.hash("monapi: no such user")
+    return _DUMMY_HASH
 
 
 def _verify(stored: str, password: str) -> bool:
