@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -271,3 +272,16 @@ def redis_database() -> Iterator[str]:
         finally:
             client.close()
     missing("a free Redis db number", f"every db of {REDIS_URL} is claimed by a test session")
+
+
+def pause(proc: subprocess.Popen[bytes]) -> None:
+    """SIGSTOP an engine and wait until the kernel has stopped it: the signal is delivered
+    asynchronously, and a fast client could otherwise still get an answer."""
+    proc.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"process {proc.pid} did not stop")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from .conftest import bearer, register_server
+from .conftest import bearer, make_app, push, register_server
 
 # Every test here runs on the embedded SQLite store and on PostgreSQL.
 CONFIG_STORES = ["sqlite", "postgresql"]
@@ -192,3 +193,21 @@ def test_bad_expiry_is_422(client: FlaskClient, admin_token: str) -> None:
     )
     assert resp.status_code == 422
     assert resp.get_json()["details"][0]["location"] == "expires_in"
+
+
+def test_a_key_that_worked_once_is_still_checked_against_the_current_record(
+    tmp_path: Path,
+) -> None:
+    """The digest of a key that matched is remembered, but every push still compares it with
+    the record: a key with another secret, or the old key after a rotation, is refused."""
+    app, token = make_app(tmp_path / "d", rate_limit_server="0")
+    client = app.test_client()
+    s = register_server(client, token)
+    key = s["api_key"]
+    for _ in range(2):
+        assert push(client, key, {"fields": {"load1": 1.0}}).status_code == 204
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    assert push(client, forged, {"fields": {"load1": 1.0}}).status_code == 401
+    new = client.post(f"/api/v1/servers/{s['id']}/rotate-key", headers=bearer(token)).get_json()
+    assert push(client, key, {"fields": {"load1": 1.0}}).status_code == 401
+    assert push(client, new["api_key"], {"fields": {"load1": 1.0}}).status_code == 204

@@ -311,3 +311,114 @@ def test_without_redis_answering_monapi_keeps_serving(tmp_path: Path) -> None:
     assert ready.status_code == 503
     assert ready.get_json()["details"][0]["location"] == "cache"
     assert "redis" in ready.get_json()["error"]
+
+
+# The version hint (SQLite configuration store) ------------------------------------------------
+def count_version_reads(app: Flask) -> list[int]:
+    """Counts the database reads of the cache versions by this app's coordinator."""
+    coord = app.extensions["monapi.cache"]
+    reads = [0]
+    real = coord._read_versions
+
+    def counted() -> dict[str, int]:
+        reads[0] += 1
+        return dict(real())
+
+    coord._read_versions = counted
+    return reads
+
+
+def test_steady_pushes_read_no_cache_versions_from_the_database(tmp_path: Path) -> None:
+    app, token = make_app(tmp_path / "d", rate_limit_server="0")
+    client = app.test_client()
+    key = register_server(client, token)["api_key"]
+    assert push(client, key, {"fields": {"load1": 1.0}}).status_code == 204
+    reads = count_version_reads(app)
+    for i in range(20):
+        assert push(client, key, {"fields": {"load1": float(i)}}).status_code == 204
+    assert reads[0] == 0
+    assert app.extensions["monapi.cache"].hint is not None
+
+
+def test_a_change_committed_by_another_process_is_seen_on_the_next_request(
+    tmp_path: Path,
+) -> None:
+    """The CLI in a process of its own creates an enrollment token (a change of the key
+    versions): the running app reads the versions again at once, not after a second."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "d"
+    app, _ = make_app(data)
+    coord = app.extensions["monapi.cache"]
+    with app.app_context():
+        before = coord.versions()
+    reads = count_version_reads(app)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONAPI_")}
+    env["MONAPI_DATA_DIR"] = str(data)
+    out = subprocess.run(
+        [sys.executable, "-m", "monapi.cli", "enroll", "create", "--name", "other"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.startswith("mke_")
+    with app.app_context():
+        after = coord.versions()
+    assert reads[0] == 1
+    assert after["keys"] == before["keys"] + 1
+    # The new token works through this app at once.
+    resp = app.test_client().post(
+        "/api/v1/servers",
+        json={"hostname": "new-1", "ip_address": "192.0.2.9"},
+        headers={"Authorization": f"Bearer {out.stdout.strip()}"},
+    )
+    assert resp.status_code == 201, resp.get_json()
+
+
+def test_a_rolled_back_change_does_not_move_the_hint(tmp_path: Path) -> None:
+    app, _ = make_app(tmp_path / "d")
+    coord = app.extensions["monapi.cache"]
+    db = app.extensions["monapi.db"]
+    before = coord.hint.read()
+    with db.sessionmaker() as session:
+        coord.bump(session, "fields")
+        session.rollback()
+    assert coord.hint.read() == before
+    with db.sessionmaker() as session:
+        coord.bump(session, "fields")
+        session.commit()
+    assert coord.hint.read() == before + 1
+
+
+def test_a_change_that_did_not_raise_the_hint_is_seen_within_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that died between its commit and raising the hint delays the others by at
+    most HINT_MAX_AGE_S."""
+    import monapi.cache
+
+    monkeypatch.setattr(monapi.cache, "HINT_MAX_AGE_S", 0.2)
+    app, _ = make_app(tmp_path / "d")
+    coord = app.extensions["monapi.cache"]
+    with app.app_context():
+        before = coord.versions()["fields"]
+    with app.extensions["monapi.db"].engine.begin() as conn:
+        conn.execute(text("UPDATE state_versions SET version = version + 1 WHERE name = 'fields'"))
+    with app.app_context():
+        assert coord.versions()["fields"] == before  # cached: the hint did not move
+        eventually(lambda: coord.versions()["fields"] == before + 1, within=1.0)
+
+
+def test_postgresql_and_redis_keep_reading_the_versions_themselves() -> None:
+    from monapi.cache import LocalCoordinator, hint_path
+    from monapi.db import Database
+
+    pg = Database("postgresql://nobody@127.0.0.1:1/none")  # no connection is made
+    assert hint_path(pg) is None
+    assert LocalCoordinator(pg, 5.0).hint is None
+    mem = Database("sqlite:///:memory:")
+    assert hint_path(mem) is None

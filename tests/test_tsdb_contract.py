@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 import urllib.parse
 import uuid
@@ -460,6 +461,43 @@ def test_nothing_is_lost_or_invented_in_a_bigger_batch(backend: Backend) -> None
     got = {x["field"]: x["points"] for x in body["series"]}
     assert got["processes"] == [[T0, n * (n - 1) // 2]]
     assert math.isclose(got["load1"][0][1], float(sum(i % 97 for i in range(n))))
+
+
+def test_concurrent_small_writes_are_each_stored_once(backend: Backend) -> None:
+    """Many threads writing one point at a time (agents; the HTTP engines group them)."""
+    servers = [backend.server(f"conc-{i}") for i in range(8)]
+    per_thread = 25
+    failures: list[BaseException] = []
+
+    def agent(k: int) -> None:
+        s = servers[k % len(servers)]
+        try:
+            for j in range(per_thread):
+                ts = (T0 + 60 * (k // len(servers)) + j) * NS
+                pts = [Point("system", (), ts, {"load1": float(k * 1000 + j)})]
+                assert _store(backend).write([WriteBatch(s["id"], s["hostname"], pts)]) == []
+        except BaseException as exc:  # reported below, not lost in the thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=agent, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == []
+    backend.sync()
+    for i, s in enumerate(servers):
+        body = backend.query(
+            s["id"], fields="system.load1", start=T0, end=T0 + 3600, step="1h", agg="sum"
+        )
+        (series,) = body["series"]
+        ks = [k for k in range(16) if k % len(servers) == i]
+        want = sum(float(k * 1000 + j) for k in ks for j in range(per_thread))
+        assert series["points"] == [[T0, want]]
+        count = backend.query(
+            s["id"], fields="system.load1", start=T0, end=T0 + 3600, step="1h", agg="count"
+        )
+        assert count["series"][0]["points"] == [[T0, len(ks) * per_thread]]
 
 
 # query_many: the answer of query for every server, in one call ----------------------------------

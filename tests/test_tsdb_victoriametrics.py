@@ -223,7 +223,7 @@ def test_an_engine_that_stops_answering_times_out_into_503(tmp_path: Path) -> No
         client = app.test_client()
         s = register_server(client, token)
         assert push(client, s["api_key"], {"fields": {"load1": 1.0}}).status_code == 204
-        proc.send_signal(signal.SIGSTOP)
+        engines.pause(proc)
         try:
             began = time.monotonic()
             _assert_503(push(client, s["api_key"], {"fields": {"load1": 2.0}}))

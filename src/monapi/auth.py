@@ -104,6 +104,7 @@ class KeyService:
         self._cache: dict[str, KeyRecord | None] = {}
         self._cache_version: tuple[int, int] = (-1, -1)
         self._lock = threading.Lock()
+        self._verified: dict[str, str] = {}  # key that matched a record -> its digest
 
     def digest(self, key: str) -> str:
         return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
@@ -179,8 +180,16 @@ class KeyService:
         record = self.lookup(m.group(2))
         if record is None or record.kind != _KIND_OF_PREFIX[m.group(1)]:
             raise _unauthorized("invalid API key")
-        if not hmac.compare_digest(record.digest, self.digest(presented)):
+        # The digest of a key that matched once is remembered (only then, and bounded): an
+        # agent's every later push skips the HMAC. The comparison with the record stays.
+        digest = self._verified.get(presented)
+        if digest is None:
+            digest = self.digest(presented)
+        if not hmac.compare_digest(record.digest, digest):
             raise _unauthorized("invalid API key")
+        if len(self._verified) >= 100_000:
+            self._verified.clear()
+        self._verified[presented] = digest
         if record.revoked:
             raise _unauthorized("API key has been revoked")
         if record.expires_at is not None and record.expires_at <= utcnow():

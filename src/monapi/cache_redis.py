@@ -103,7 +103,8 @@ class RedisCoordinator:
         self.url = url
         self.prefix = prefix
         self.flush_interval = flush_interval
-        self.sql = LocalCoordinator(db, flush_interval)  # versions and last-seen without Redis
+        # Versions and last-seen without Redis; always read from the database (the truth).
+        self.sql = LocalCoordinator(db, flush_interval, use_hint=False)
         self.redis = redis.Redis.from_url(
             url,
             socket_timeout=timeout_s,

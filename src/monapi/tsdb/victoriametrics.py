@@ -44,6 +44,7 @@ import msgspec
 from ..errors import StoreRejected, StoreUnavailable
 from ..settings import Settings
 from .base import LatestValue, Point, ReadsByServers, Rejection, Series, Tags, Value, WriteBatch
+from .groupcommit import GroupCommit
 from .http import EngineHTTP, EngineResponse
 from .lineprotocol import default_identity, encode
 from .sqlite import tags_to_text
@@ -279,9 +280,15 @@ class VictoriaMetricsStore(ReadsByServers):
         self._executor: ThreadPoolExecutor | None = None
         self._executor_pid = 0
         self._executor_lock = threading.Lock()
+        self._group = GroupCommit(self._write_now)
 
     # Writes --------------------------------------------------------------------------------
     def write(self, batches: Sequence[WriteBatch]) -> list[Rejection]:
+        """Concurrent small writes of this process go to VictoriaMetrics together (see
+        :mod:`.groupcommit`)."""
+        return self._group.write(batches)
+
+    def _write_now(self, batches: Sequence[WriteBatch]) -> list[Rejection]:
         prepared, refused, origin = self._prepare(batches)
         body, lp_refused, sent = encode(prepared, check=check_value, identity=_identity)
         refused.extend(
