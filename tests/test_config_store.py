@@ -102,3 +102,41 @@ def test_the_core_runs_unchanged_on_postgresql(pg_url: str, tmp_path: Path) -> N
         assert client.get("/readyz").status_code == 200
     finally:
         shutdown(app)
+
+
+def test_the_schema_version_check_agrees_with_alembic_without_importing_it(
+    tmp_path: Path,
+) -> None:
+    """Workers check the schema with one query and the migration files: the same answers as
+    Alembic's, and a worker's app does not load Alembic (about 10 MB per process)."""
+    import os
+    import subprocess
+    import sys
+
+    from alembic.script import ScriptDirectory
+
+    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        assert (
+            db.head_revision()
+            == ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+        )
+        assert db.current_revision() is None
+        db.upgrade()
+        with db.engine.connect() as conn:
+            assert db.current_revision() == MigrationContext.configure(conn).get_current_revision()
+        assert db.current_revision() == db.head_revision()
+    finally:
+        db.dispose()
+    app, _ = make_app(tmp_path / "d")
+    shutdown(app)
+    code = (
+        "import sys; from monapi import create_app; create_app(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONAPI_")}
+    env["MONAPI_DATA_DIR"] = str(tmp_path / "d")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from flask import Flask, current_app, g
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 log = logging.getLogger("monapi.db")
 EXT = "monapi.db"
@@ -66,6 +67,10 @@ class Database:
                 raise
 
     def alembic_config(self) -> AlembicConfig:
+        # Alembic (about 10 MB resident) is imported only to migrate: workers check the schema
+        # version with one query and the file names below.
+        from alembic.config import Config as AlembicConfig
+
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
@@ -73,17 +78,25 @@ class Database:
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration."""
+        from alembic import command
+
         cfg = self.alembic_config()
         with self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
     def current_revision(self) -> str | None:
+        """The revision in ``alembic_version`` (None before the first migration)."""
         with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        if len(rows) > 1:
+            raise StoreUnavailable(f"configuration store: several schema heads {sorted(rows)}")
+        return str(rows[0]) if rows else None
 
     def head_revision(self) -> str | None:
-        return ScriptDirectory.from_config(self.alembic_config()).get_current_head()
+        return head_revision()
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers a trivial query."""
@@ -124,3 +137,26 @@ def session() -> Session:
         s = get_db().sessionmaker()
         g.db_session = s
     return s
+
+
+_REVISION_RE = re.compile(
+    r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*["']?([\w.-]*)["']?""", re.M
+)
+
+
+@cache
+def head_revision() -> str | None:
+    """The newest migration: the revision no other migration names as its parent (the
+    migrations form one line; tests check this against Alembic's own answer)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        found = dict((k, v) for k, v in _REVISION_RE.findall(path.read_text()))
+        if found.get("revision"):
+            revisions.add(found["revision"])
+        if found.get("down_revision") and found["down_revision"] != "None":
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"migrations do not form one line: heads {sorted(heads)}")
+    return heads.pop()
