@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
@@ -264,3 +265,21 @@ def test_sigterm_stops_cleanly(served: dict[str, Any]) -> None:
     for proc in served["procs"]:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_each_worker_freezes_what_start_up_made_out_of_the_collectors_sight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import runpy
+
+    import monapi
+
+    monkeypatch.setenv("MONAPI_DATA_DIR", str(tmp_path))
+    conf = runpy.run_path(str(Path(monapi.__file__).parent / "gunicorn.conf.py"))
+    gc.unfreeze()
+    try:
+        conf["post_worker_init"](None)
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()

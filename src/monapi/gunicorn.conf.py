@@ -29,6 +29,15 @@ control_socket_disable = True
 preload_app = False  # each worker builds its own app: no connections cross a fork
 
 
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    """The app is built (monapi.wsgi, on load): move everything made so far out of the garbage
+    collector's sight. A full collection then scans what requests make, not the ~100,000
+    objects of the imports and the app, which cost a request ~50 ms whenever it ran."""
+    import gc
+
+    gc.freeze()
+
+
 def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     """Write buffered last-seen times before the worker goes."""
     import monapi.wsgi as w

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -14,8 +15,8 @@ from ..errors import ApiError
 from ..fields import FieldSpec, get_registry
 from ..models import Server
 from ..settings import parse_duration
-from ..tsdb import LatestValue, Value
-from .servers import last_seen_of, status_of, store
+from ..tsdb import LatestValue, TimeSeriesStore, Value
+from .servers import status_of, store
 
 MAX_POINTS_PER_SERIES = 11_000
 TARGET_POINTS = 1_000
@@ -294,14 +295,60 @@ def _latest_item(specs: dict[tuple[str, str], FieldSpec], lv: LatestValue) -> di
     }
 
 
-def overview_items(servers: list[Server], pending: dict[int, float]) -> list[dict[str, Any]]:
-    """Status and key latest values of each server."""
-    latest = store().latest([s.id for s in servers])
+class OverviewServer(Protocol):
+    """What the overview reads of a server: a ``Server`` or a row of these columns."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def hostname(self) -> str: ...
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def interval(self) -> int: ...
+    @property
+    def last_seen(self) -> float | None: ...
+    @property
+    def labels(self) -> dict[str, str] | None: ...
+
+
+OVERVIEW_SELECTORS = list(dict.fromkeys((m, f) for m, f, _ in OVERVIEW_KEYS.values()))
+
+
+def latest_of(
+    st: TimeSeriesStore, server_ids: Sequence[int], selectors: Sequence[tuple[str, str]]
+) -> Iterator[tuple[int, list[LatestValue]]]:
+    """(server id, its ``st.latest`` values of the (measurement, field) pairs of ``selectors``)
+    for each distinct server id, in order. From the store's ``latest_of`` when it has one (the
+    embedded store: reads just those, a batch of servers at a time); else one ``latest``."""
+    method = getattr(st, "latest_of", None)
+    if method is not None:
+        got: Iterator[tuple[int, list[LatestValue]]] = method(server_ids, selectors)
+        return got
+    keep = set(selectors)
+    ids = list(dict.fromkeys(server_ids))
+    every = st.latest(ids)
+    return iter(
+        [
+            (sid, [lv for lv in every.get(sid, []) if (lv.measurement, lv.field) in keep])
+            for sid in ids
+        ]
+    )
+
+
+def overview_items(
+    servers: Sequence[OverviewServer], pending: dict[int, float]
+) -> list[dict[str, Any]]:
+    """Status and key latest values of each server (``servers``: distinct)."""
+    # Each server's values are used as they come, so that only a batch of them is alive at once.
+    latest = latest_of(store(), [s.id for s in servers], OVERVIEW_SELECTORS)
     wanted = {(m, f): (label, how) for label, (m, f, how) in OVERVIEW_KEYS.items()}
+    now = time.time()
     items = []
-    for s in servers:
+    for s, (sid, latest_values) in zip(servers, latest, strict=True):
+        assert sid == s.id
         values: dict[str, Value | None] = dict.fromkeys(OVERVIEW_KEYS)
-        for lv in latest.get(s.id, []):
+        for lv in latest_values:
             hit = wanted.get((lv.measurement, lv.field))
             if hit is None:
                 continue
@@ -314,12 +361,16 @@ def overview_items(servers: list[Server], pending: dict[int, float]) -> list[dic
                 and lv.value > cur
             ):
                 values[label] = lv.value
-        seen = last_seen_of(s, pending)
+        # last_seen_of: a push this process has not written yet counts
+        seen = s.last_seen
+        buffered = pending.get(s.id)
+        if buffered is not None and (seen is None or buffered > seen):
+            seen = buffered
         items.append(
             {
                 "id": s.id,
                 "hostname": s.hostname,
-                "status": status_of(seen, s.interval),
+                "status": status_of(seen, s.interval, now),
                 "enabled": s.enabled,
                 "last_seen": datetime.fromtimestamp(seen, UTC) if seen is not None else None,
                 "labels": s.labels or {},

@@ -38,6 +38,7 @@ log = logging.getLogger("monapi.tsdb.sqlite")
 
 LAYOUT_VERSION = 2  # PRAGMA user_version of a file in this layout
 CHUNK = 500  # server or series ids per read statement
+LATEST_BATCH = 50  # servers per statement of latest_of (see there)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -462,28 +463,82 @@ class SQLiteStore(ReadsByServers):
         out: dict[int, list[LatestValue]] = {sid: [] for sid in server_ids}
         if not server_ids:
             return out
+        tag_maps: dict[str, dict[str, str]] = {}
         try:
             conn = self._reader()
             ids = list(server_ids)
             for i in range(0, len(ids), CHUNK):
-                chunk = ids[i : i + CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for server_id, meas, tags, ts, fields in conn.execute(
-                    "SELECT s.server_id, s.measurement, s.tags, l.ts, l.fields "
-                    "FROM series s JOIN latest l ON l.series_id = s.id "
-                    f"WHERE s.server_id IN ({marks})"
-                    " ORDER BY s.server_id, s.measurement, s.tags",
-                    chunk,
-                ):
-                    tag_map = _decode_tags(tags)
-                    values = _decode_fields(fields)
-                    out[int(server_id)].extend(
-                        LatestValue(meas, name, tag_map, int(ts), values[name])
-                        for name in sorted(values)
-                    )
+                self._latest_into(out, conn, ids[i : i + CHUNK], None, tag_maps)
             return out
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"time-series store read failed: {exc}") from exc
+
+    def latest_of(
+        self, server_ids: Sequence[int], selectors: Sequence[tuple[str, str]]
+    ) -> Iterator[tuple[int, list[LatestValue]]]:
+        """(server id, what ``latest`` answers for it keeping only the (measurement, field)
+        pairs of ``selectors``) for each distinct server id, in order. Only those measurements'
+        rows are read and only those fields become values (the overview wants 6 of the 36 an
+        agent sends), ``LATEST_BATCH`` servers per statement: a caller that uses each answer as
+        it comes has one batch of values alive at a time, not 7,000 for a page of 1,000
+        servers, and so sets off far fewer full garbage collections (some 50 ms each here)."""
+        wanted: dict[str, list[str]] = {}
+        for meas, name in selectors:
+            names = wanted.setdefault(meas, [])
+            if name not in names:
+                names.append(name)
+        by_meas = {m: sorted(n) for m, n in wanted.items()}
+        ids = list(dict.fromkeys(server_ids))
+        tag_maps: dict[str, dict[str, str]] = {}
+        for i in range(0, len(ids), LATEST_BATCH):
+            got: dict[int, list[LatestValue]] = {sid: [] for sid in ids[i : i + LATEST_BATCH]}
+            if by_meas:
+                try:
+                    self._latest_into(got, self._reader(), list(got), by_meas, tag_maps)
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(f"time-series store read failed: {exc}") from exc
+            yield from got.items()
+
+    @staticmethod
+    def _latest_into(
+        out: dict[int, list[LatestValue]],
+        conn: sqlite3.Connection,
+        server_ids: Sequence[int],
+        wanted: dict[str, list[str]] | None,
+        tag_maps: dict[str, dict[str, str]],
+    ) -> None:
+        """Append the latest values of ``server_ids`` (one statement) to their lists in
+        ``out``: of every field (``wanted`` None), or of the sorted field names of ``wanted``'s
+        measurements; series by server, measurement and tags, then fields by name.
+
+        Values with the same tag set share one ``tags`` dict (``tag_maps``; read-only for
+        callers): fewer objects, and so fewer full garbage collections."""
+        marks = ",".join("?" * len(server_ids))
+        sql = (
+            "SELECT s.server_id, s.measurement, s.tags, l.ts, l.fields "
+            "FROM series s JOIN latest l ON l.series_id = s.id "
+            f"WHERE s.server_id IN ({marks})"
+        )
+        params: list[int | str] = [*server_ids]
+        if wanted is not None:
+            sql += f" AND s.measurement IN ({','.join('?' * len(wanted))})"
+            params.extend(wanted)
+        sql += " ORDER BY s.server_id, s.measurement, s.tags"
+        mk = LatestValue
+        # Integers as stored: ts is a STRICT column, server_id has INTEGER affinity.
+        for server_id, meas, tags, ts, fields in conn.execute(sql, params):
+            tag_map = tag_maps.get(tags)
+            if tag_map is None:
+                tag_map = tag_maps[tags] = _decode_tags(tags)
+            values = _decode_fields(fields)
+            dest = out[server_id]
+            if wanted is None:
+                for k in sorted(values):
+                    dest.append(mk(meas, k, tag_map, ts, values[k]))
+            else:
+                for k in wanted[meas]:
+                    if k in values:
+                        dest.append(mk(meas, k, tag_map, ts, values[k]))
 
     # Maintenance ---------------------------------------------------------------------------
     @contextmanager
