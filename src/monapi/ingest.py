@@ -83,7 +83,8 @@ _strict = msgspec.json.Decoder(BodyIn)
 
 @dataclass(slots=True)
 class ValidationResult:
-    points: list[Point] = field(default_factory=list)
+    # The stored points (a LazyPoints when the fast path sent them as line protocol).
+    points: Sequence[Point] = field(default_factory=list)
     indexes: list[int] = field(default_factory=list)  # each point's index in the request
     rejected: int = 0
     dropped: int = 0
@@ -235,7 +236,10 @@ def _check_value(spec: FieldSpec, value: object) -> tuple[RawValue | None, str |
                 return None, "value is not a finite number"
             v: float | int = value  # type: ignore[assignment]
         elif t is int or t is Unsigned:
-            v = float(value)  # type: ignore[arg-type]
+            try:
+                v = float(value)  # type: ignore[arg-type]
+            except OverflowError:  # JSON allows any number of digits
+                return None, "integer out of the float range"
         else:
             return None, f"expected a float, got {_type_name(value)}"
     elif ftype == "int":
@@ -324,7 +328,8 @@ class Validator:
         return bounds
 
     def validate(self, points: Sequence[Any]) -> ValidationResult:
-        res = ValidationResult()
+        stored: list[Point] = []
+        res = ValidationResult(stored)
         specs = self.specs
         # Line protocol: the points of one series share one tags dict (see lpparse), checked once.
         # Keyed by id(): every dict stays alive in ``points`` for the whole call.
@@ -400,7 +405,7 @@ class Validator:
             if res.error_count != before:
                 res.rejected += 1
             elif out:
-                res.points.append(Point(meas, tags, ts, out))
+                stored.append(Point(meas, tags, ts, out))
                 res.indexes.append(i)
         return res
 

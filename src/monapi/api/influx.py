@@ -3,7 +3,9 @@
 * ``POST /write`` (InfluxDB 1.x) and ``POST /api/v2/write`` (InfluxDB 2.x): line protocol,
   optionally gzip-compressed. Each line goes through the same validator as ``/api/v1/data``
   (field configuration, unknown-field setting, timestamp window) and is stored as the calling
-  server's: ``host`` and ``server_id`` tags in a line are replaced by the key's identity.
+  server's: ``host`` and ``server_id`` tags in a line are replaced by the key's identity. On
+  InfluxDB a plainly valid bulk body takes a whole-batch fast path (:mod:`monapi.fastpath`)
+  that stores the same points; anything else, and every error, goes line by line.
 * ``GET``/``HEAD /ping``: 204 with ``X-Influxdb-Version``, as clients check at start-up.
 * ``GET``/``POST /query``: ``CREATE DATABASE`` (Telegraf sends it at start-up) and
   ``SHOW DATABASES``, answered the way InfluxDB does; nothing else.
@@ -29,13 +31,15 @@ from flask import Response, current_app, jsonify, request
 from .. import __version__
 from ..auth import ADMIN, INFLUX_CREDENTIALS, SERVER, requires
 from ..errors import ApiError
-from ..ingest import ValidationResult, read_body
+from ..fastpath import line_protocol
+from ..ingest import ValidationResult, Validator, read_body
 from ..lpparse import LineError, ParsedLine, parse
 from ..schemas import InfluxQueryResult
 from ..settings import Settings
+from ..tsdb import Point
 from .common import blueprint, errors
 from .spec import raw_request_body
-from .v1.data import store_points
+from .v1.data import store_encoded, store_points
 
 # The InfluxDB API version monapi answers as (1.8 is the last 1.x with /api/v2/write).
 INFLUX_VERSION = "1.8.10"
@@ -184,6 +188,22 @@ def _write(precisions: dict[str, int], default: str, *, v2: bool) -> Response:
         request.headers.get("Content-Encoding"),
         settings.max_decompressed_bytes,
     )
+    now_ns = time.time_ns()
+    default_ts = now_ns - now_ns % unit  # a point without a timestamp: now, in the precision
+    max_points = settings.max_points_per_request
+    fast = store_encoded(
+        settings,
+        lambda cfg, validator, ident: line_protocol(
+            body, unit, default_ts, cfg, validator, ident, max_points
+        ),
+        lambda validator: _exact_points(validator, body, unit, default_ts),
+        replace_identity=True,
+        now_ns=now_ns,
+    )
+    if fast is not None:
+        if fast.error_count == 0:
+            return Response(status=204)
+        raise _refusal(parse(body)[0], [], fast)  # InfluxDB refused some (the lines are valid)
     lines, bad = parse(body)
     if len(lines) + len(bad) > settings.max_points_per_request:
         raise ApiError(
@@ -195,14 +215,27 @@ def _write(precisions: dict[str, int], default: str, *, v2: bool) -> Response:
         if v2:
             raise ApiError(400, "writing requires points", code="empty_body")
         return Response(status=204)  # InfluxDB 1.x answers an empty write the same way
-    now_ns = time.time_ns()
-    default_ts = now_ns - now_ns % unit  # a point without a timestamp: now, in the precision
-    for p in lines:
-        p.timestamp = default_ts if p.timestamp is None else p.timestamp * unit
+    _scale(lines, unit, default_ts)
     res = store_points(lines, settings, replace_identity=True, now_ns=now_ns) if lines else None
     if not bad and (res is None or (res.error_count == 0)):
         return Response(status=204)
     raise _refusal(lines, bad, res)
+
+
+def _scale(lines: list[ParsedLine], unit: int, default_ts: int) -> None:
+    """Timestamps in nanoseconds: the given one times the precision's unit, or the default."""
+    for p in lines:
+        p.timestamp = default_ts if p.timestamp is None else p.timestamp * unit
+
+
+def _exact_points(validator: Validator, body: bytes, unit: int, default_ts: int) -> list[Point]:
+    """The points the exact path stores for a body that the fast path took (all its lines)."""
+    lines, bad = parse(body)
+    _scale(lines, unit, default_ts)
+    res = validator.validate(lines)
+    if bad or res.error_count or res.dropped:
+        raise RuntimeError("the exact path refused lines of a body the fast path took")
+    return list(res.points)
 
 
 def _refusal(

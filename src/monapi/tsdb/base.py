@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import Protocol
+from typing import Protocol, overload
 
 import msgspec
 
@@ -27,12 +28,80 @@ class Point(msgspec.Struct, gc=False):
 
 
 @dataclass(slots=True)
+class EncodedLines:
+    """A batch's points already validated and written as line protocol, the way
+    ``lineprotocol.encode`` writes them for InfluxDB: the identity tags of the batch applied,
+    nanosecond timestamps, one line per point, in the order of ``WriteBatch.points``. Only a
+    store that declares it (``encoded_field_ok``) is given such batches; field values may be
+    written in any text that InfluxDB reads as the same float (``-0``, ``1.50``), as the client
+    sent them."""
+
+    data: bytes  # the lines (UTF-8) joined by "\n", without a final newline
+    count: int  # how many lines (== len(points))
+
+
+class LazyPoints(Sequence[Point]):
+    """The points of a batch sent as :class:`EncodedLines`, built only when something reads them
+    (a store that does not take encoded lines, or InfluxDB refusing part of a write). ``build``
+    runs the exact path again: it must not need a request context (it may run in another
+    request's thread under group commit) and must give exactly ``count`` points."""
+
+    __slots__ = ("_build", "_count", "_lock", "_points")
+
+    def __init__(self, count: int, build: Callable[[], Sequence[Point]]) -> None:
+        self._count = count
+        self._build: Callable[[], Sequence[Point]] | None = build
+        self._points: Sequence[Point] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def built(self) -> bool:
+        return self._points is not None
+
+    def _get(self) -> Sequence[Point]:
+        points = self._points
+        if points is None:
+            with self._lock:
+                if self._points is None:
+                    assert self._build is not None
+                    built = self._build()
+                    if len(built) != self._count:
+                        raise RuntimeError(
+                            f"the exact path gave {len(built)} points for a batch of "
+                            f"{self._count} encoded lines"
+                        )
+                    self._points, self._build = built, None
+                points = self._points
+            assert points is not None
+        return points
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> Point: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Point]: ...
+
+    def __getitem__(self, index: int | slice) -> Point | Sequence[Point]:
+        return self._get()[index]
+
+    def __iter__(self) -> Iterator[Point]:
+        return iter(self._get())
+
+
+@dataclass(slots=True)
 class WriteBatch:
-    """Points of one server; the identity comes from the key, never from the points."""
+    """Points of one server; the identity comes from the key, never from the points.
+
+    ``lines``: the same points as line protocol (see :class:`EncodedLines`), for a store that
+    takes them; any other store reads ``points``."""
 
     server_id: int
     hostname: str
-    points: list[Point]
+    points: Sequence[Point]
+    lines: EncodedLines | None = None
 
 
 @dataclass(slots=True)

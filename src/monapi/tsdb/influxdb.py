@@ -48,8 +48,9 @@ from .base import (
     Value,
     WriteBatch,
 )
+from .groupcommit import GroupCommit
 from .http import EngineHTTP, EngineResponse
-from .lineprotocol import encode
+from .lineprotocol import encode, encode_mixed
 from .sqlite import tags_to_text
 
 log = logging.getLogger("monapi.tsdb.influxdb")
@@ -246,6 +247,7 @@ class InfluxDBStore(ReadsByServers):
         self._types_at = -math.inf
         self._types_lock = threading.Lock()
         self._source = f"{quote_ident(database)}.{quote_ident(retention_policy)}"
+        self._group = GroupCommit(self._write_now)
         try:
             self._ensure()
         except StoreUnavailable as exc:
@@ -436,14 +438,27 @@ class InfluxDBStore(ReadsByServers):
         )
 
     # Writes ----------------------------------------------------------------------------------
+    def encoded_field_ok(self, name: str) -> bool:
+        """Whether a batch whose float fields include ``name`` may come as pre-encoded line
+        protocol (``WriteBatch.lines``): whatever :func:`_check_value` refuses must take the
+        exact path, which reports it per point."""
+        return _check_value(name, 0.0) is None
+
     def write(self, batches: Sequence[WriteBatch]) -> list[Rejection]:
+        """Concurrent small writes of this process go to InfluxDB together (see
+        :mod:`.groupcommit`)."""
+        return self._group.write(batches)
+
+    def _write_now(self, batches: Sequence[WriteBatch]) -> list[Rejection]:
         self._ensure()
-        body, refused, sent = encode(batches, check=_check_value)
-        if not sent:
+        body, refused, sent, ready = encode_mixed(batches, check=_check_value)
+        if not sent and not ready:
             return refused
         message = self._post_write(body)
         if message is None:
             return refused
+        # Refused in part: the points of pre-encoded batches are needed now (built lazily).
+        sent = [(b, i) for b in ready for i in range(len(batches[b].points))] + sent
         lines = [
             _Line(
                 (b, i),

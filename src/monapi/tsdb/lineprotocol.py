@@ -60,6 +60,44 @@ def encode(
     merged into its sorted tags. Returns the body, the points refused before sending (by
     ``check`` or for their tags), and the (batch, index) of every line in the body, in order.
     """
+    lines, refused, sent = _encode_points(batches, check, identity)
+    body = ("\n".join(lines) + "\n").encode() if lines else b""
+    return body, refused, sent
+
+
+def encode_mixed(
+    batches: Sequence[WriteBatch], check: ValueCheck | None = None
+) -> tuple[bytes, list[Rejection], list[tuple[int, int]], list[int]]:
+    """:func:`encode` (with the default identity) for batches of which some carry pre-encoded
+    ``lines`` (already checked, identity applied): those are sent as they are, without reading
+    their points, ahead of the others. Returns the body, the points refused before sending, the
+    (batch, index) of every other line sent, and the indexes of the pre-encoded batches."""
+    ready: list[int] = []
+    parts: list[bytes] = []
+    others: list[int] = []
+    for b, batch in enumerate(batches):
+        if batch.lines is None:
+            others.append(b)
+        elif batch.lines.count:
+            ready.append(b)
+            parts.append(batch.lines.data)
+    if not ready and len(others) == len(batches):
+        body, refused, sent = encode(batches, check)
+        return body, refused, sent, []
+    lines, refused, sent = _encode_points([batches[b] for b in others], check, None)
+    refused = [Rejection(others[r.batch], r.index, r.field, r.reason) for r in refused]
+    sent = [(others[b], i) for b, i in sent]
+    if lines:
+        parts.append("\n".join(lines).encode())
+    body = b"\n".join(parts) + b"\n" if parts else b""
+    return body, refused, sent, ready
+
+
+def _encode_points(
+    batches: Sequence[WriteBatch],
+    check: ValueCheck | None,
+    identity: Callable[[WriteBatch], Tags] | None,
+) -> tuple[list[str], list[Rejection], list[tuple[int, int]]]:
     lines: list[str] = []
     sent: list[tuple[int, int]] = []
     refused: list[Rejection] = []
@@ -81,8 +119,7 @@ def encode(
                 continue
             lines.append(f"{prefix} {fields} {p.ts}")
             sent.append((b, i))
-    body = ("\n".join(lines) + "\n").encode() if lines else b""
-    return body, refused, sent
+    return lines, refused, sent
 
 
 def default_identity(batch: WriteBatch) -> Tags:
@@ -93,8 +130,13 @@ def default_identity(batch: WriteBatch) -> Tags:
 
 
 def _prefix(p: Point, ident: Tags) -> str:
-    tags = sorted((*p.tags, *ident))
-    return p.measurement + "".join(f",{k}={escape_tag(v)}" for k, v in tags)
+    return series_prefix(p.measurement, p.tags, ident)
+
+
+def series_prefix(measurement: str, tags: Tags, ident: Tags) -> str:
+    """The series key of a line: the measurement and the sorted tags, identity included."""
+    merged = sorted((*tags, *ident))
+    return measurement + "".join(f",{k}={escape_tag(v)}" for k, v in merged)
 
 
 def _fields(

@@ -1,9 +1,14 @@
-"""POST /api/v1/data: metric ingestion with a server key (the hot path)."""
+"""POST /api/v1/data: metric ingestion with a server key (the hot path).
+
+On a store that takes line protocol as it is (InfluxDB), a plainly valid batch takes a
+whole-batch fast path (:mod:`monapi.fastpath`, :func:`store_encoded`) that stores the same
+points; anything else goes through :func:`store_points`, which words every error.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flask import Response, current_app, request
@@ -12,6 +17,8 @@ from ... import auth, db
 from ...auth import SERVER, requires
 from ...cache import get_coordinator
 from ...errors import ApiError
+from ...fastpath import FastConfig, json_batch
+from ...fastpath import config as fast_config
 from ...fields import FIELD_NAME_RE, MAX_TEXT_VALUE, MEASUREMENT_RE, TEXT_VALUE_RE, get_registry
 from ...ingest import (
     MAX_TAGS,
@@ -24,7 +31,9 @@ from ...ingest import (
 )
 from ...schemas import IngestResult
 from ...settings import Settings
-from ...tsdb import TimeSeriesStore, WriteBatch
+from ...tsdb import Point, TimeSeriesStore, WriteBatch
+from ...tsdb.base import EncodedLines, LazyPoints, Tags
+from ...tsdb.lineprotocol import default_identity
 from ..common import V1, blueprint, errors
 from ..spec import raw_request_body
 
@@ -145,6 +154,59 @@ def store_points(
     return res
 
 
+# Given the generated types, a validator of the request and the identity tags of the key: the
+# lines to store and their count, or None (take the exact path).
+FastEncode = Callable[[FastConfig, Validator, Tags], tuple[bytes, int] | None]
+
+
+def store_encoded(
+    settings: Settings,
+    encode: FastEncode,
+    exact: Callable[[Validator], Sequence[Point]],
+    *,
+    replace_identity: bool,
+    now_ns: int,
+) -> ValidationResult | None:
+    """The fast path of :func:`store_points` for a whole request (see :mod:`monapi.fastpath`),
+    when the store takes line protocol as it is: None when the store does not, or when
+    ``encode`` does not recognise the request (then nothing was stored: take the exact path).
+
+    ``exact`` validates the request through the exact path with the validator it is given;
+    it builds the points only if something needs them (InfluxDB refusing part of the write),
+    and must give exactly the points that ``encode`` wrote, in the same order."""
+    store: TimeSeriesStore = current_app.extensions["monapi.tsdb"]
+    field_ok: Callable[[str], bool] | None = getattr(store, "encoded_field_ok", None)
+    if field_ok is None:
+        return None
+    principal = auth.principal()
+    assert principal.server_id is not None
+    server_id, hostname = principal.server_id, principal.hostname or ""
+    specs = get_registry().specs()
+
+    def validator() -> Validator:
+        return Validator(
+            specs,
+            settings.unknown_fields,
+            settings.timestamp_max_age,
+            settings.timestamp_max_future,
+            now_ns=now_ns,
+            replace_identity=replace_identity,
+        )
+
+    ident = default_identity(WriteBatch(server_id, hostname, []))
+    got = encode(fast_config(specs, field_ok), validator(), ident)
+    if got is None:
+        return None
+    data, count = got
+    points = LazyPoints(count, lambda: exact(validator()))
+    refused = store.write([WriteBatch(server_id, hostname, points, EncodedLines(data, count))])
+    res = ValidationResult(points, list(range(count)))
+    if refused:
+        res.refused_by_store(refused)
+    get_coordinator().mark_seen(server_id, time.time())
+    return res
+
+
 def _result(res: ValidationResult, accepted: int) -> dict[str, Any]:
     return {
         "accepted": accepted,
@@ -177,8 +239,16 @@ def ingest() -> Response | tuple[Any, int]:
         request.headers.get("Content-Encoding"),
         settings.max_decompressed_bytes,
     )
-    points = decode_points(body, settings.max_points_per_request)
-    res = store_points(points, settings)
+    max_points = settings.max_points_per_request
+    res = store_encoded(
+        settings,
+        lambda cfg, validator, ident: json_batch(body, cfg, validator, ident, max_points),
+        lambda validator: _exact_points(validator, body, max_points),
+        replace_identity=False,
+        now_ns=time.time_ns(),
+    )
+    if res is None:
+        res = store_points(decode_points(body, max_points), settings)
     accepted = len(res.points)
     if res.error_count == 0 and res.dropped == 0:
         return Response(status=204)
@@ -190,3 +260,12 @@ def ingest() -> Response | tuple[Any, int]:
             extra={k: v for k, v in _result(res, 0).items() if k != "errors"},
         )
     return _result(res, accepted), 200
+
+
+def _exact_points(validator: Validator, body: bytes, max_points: int) -> list[Point]:
+    """The points the exact path stores for a JSON body that the fast path took (all of
+    them)."""
+    res = validator.validate(decode_points(body, max_points))
+    if res.error_count or res.dropped:
+        raise RuntimeError("the exact path refused points of a batch the fast path took")
+    return list(res.points)
