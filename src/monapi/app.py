@@ -7,7 +7,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from werkzeug.routing import IntegerConverter
 
 from . import __version__, auth, cache, dashboard, db, fields, ratelimit
 from .api import health, influx
+from .api.hotpath import HotPath
 from .api.spec import MonapiOpenAPI
 from .api.v1 import agent, data, enrollment, metrics, servers
 from .api.v1 import fields as fields_api
@@ -131,14 +132,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(SECRET_KEY=secret_key, MAX_CONTENT_LENGTH=settings.max_body_bytes)
     app.config.update(flask_config)
     app.extensions["monapi.settings"] = settings
-    if settings.proxy_hops:
-        # Trust X-Forwarded-For/-Proto/-Host from this many reverse proxies: the client address
-        # (rate limits, logs) is then the one the proxy saw.
-        n = settings.proxy_hops
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=n, x_proto=n, x_host=n
-        )
-
     register_error_handlers(app)
     database = db.init_app(app, settings.resolved_database_url)
     _check_schema(database)
@@ -173,6 +166,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     dashboard.init_app(app, settings)
     _refuse_json_string_bodies(app)
     _install_request_logging(app)
+    app.wsgi_app = HotPath(  # type: ignore[method-assign]
+        app, app.wsgi_app, data.ingest_body, log_access
+    )
+    if settings.proxy_hops:
+        # Trust X-Forwarded-For/-Proto/-Host from this many reverse proxies: the client address
+        # (rate limits, logs) is then the one the proxy saw.
+        n = settings.proxy_hops
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=n, x_proto=n, x_host=n
+        )
     if settings.database_url and settings.key_pepper is None:
         log.warning(
             "MONAPI_KEY_PEPPER is not set: using %s/key_pepper; instances that share the "
@@ -214,31 +217,31 @@ def _refuse_json_string_bodies(app: Flask) -> None:
             )
 
 
-def _install_request_logging(app: Flask) -> None:
-    access = logging.getLogger("monapi.access")
+_access = logging.getLogger("monapi.access")
 
+
+def log_access(method: str, path: str, status: int, rid: Callable[[], str], t0: float) -> None:
+    """The access log line of a request (5xx WARNING, 4xx INFO, else DEBUG)."""
+    level = logging.WARNING if status >= 500 else logging.INFO if status >= 400 else logging.DEBUG
+    if _access.isEnabledFor(level):
+        _access.log(
+            level,
+            "%s %s %d",
+            method,
+            path,
+            status,
+            extra={"request_id": rid(), "duration_ms": round((time.perf_counter() - t0) * 1000, 2)},
+        )
+
+
+def _install_request_logging(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         g.t0 = time.perf_counter()
 
     @app.after_request
     def _log(resp: Response) -> Response:
-        status = resp.status_code
-        level = (
-            logging.WARNING if status >= 500 else logging.INFO if status >= 400 else logging.DEBUG
-        )
-        if access.isEnabledFor(level):
-            access.log(
-                level,
-                "%s %s %d",
-                request.method,
-                request.path,
-                status,
-                extra={
-                    "request_id": request_id(),
-                    "duration_ms": round((time.perf_counter() - g.get("t0", 0)) * 1000, 2),
-                },
-            )
+        log_access(request.method, request.path, resp.status_code, request_id, g.get("t0", 0))
         return resp
 
 

@@ -37,6 +37,8 @@ _PREFIX = {ADMIN: "mka", SERVER: "mks", ENROLL: "mke"}
 _KIND_OF_PREFIX = {v: k for k, v in _PREFIX.items()}
 _KEY_RE = re.compile(r"^(mk[ase])_([0-9a-f]{16})_([A-Za-z0-9_\-]{43})$")
 EXT = "monapi.auth"
+# WSGI environ key under which api/hotpath.py hands a request it checked the key of to Flask.
+PRINCIPAL_ENVIRON = "monapi.principal"
 
 # OpenAPI security requirements, used by the route decorators.
 SECURITY_SCHEMES: dict[str, Any] = {
@@ -215,13 +217,16 @@ class Credentials:
 
 def presented_key() -> str | None:
     """The key sent as ``Authorization: Bearer`` or ``X-API-Key``, if any."""
-    auth = request.headers.get("Authorization", "")
-    if auth:
-        scheme, _, value = auth.partition(" ")
+    return key_from(request.headers.get("Authorization", ""), request.headers.get("X-API-Key", ""))
+
+
+def key_from(authorization: str, x_api_key: str) -> str | None:
+    """:func:`presented_key` from the two header values."""
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    key = request.headers.get("X-API-Key", "").strip()
-    return key or None
+    return x_api_key.strip() or None
 
 
 def influx_presented_key() -> str | None:
@@ -310,6 +315,10 @@ def init_app(app: Flask, pepper: bytes) -> None:
     def _authenticate() -> None:
         endpoint = request.endpoint
         if endpoint is None:
+            return
+        checked: Principal | None = request.environ.get(PRINCIPAL_ENVIRON)
+        if checked is not None:  # the hot path checked the key already (api/hotpath.py)
+            g.principal = checked
             return
         kinds = _RULES.get(endpoint)
         if kinds is None or not kinds:

@@ -94,10 +94,13 @@ def request_id() -> str:
     """The id of the current request (taken from X-Request-ID when sane, else generated)."""
     rid = getattr(g, "request_id", None)
     if rid is None:
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        rid = incoming if _REQUEST_ID_RE.match(incoming) else _new_request_id()
-        g.request_id = rid
+        rid = g.request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER, ""))
     return str(rid)
+
+
+def request_id_for(incoming: str) -> str:
+    """The client's X-Request-ID when it is sane, else a new id."""
+    return incoming if _REQUEST_ID_RE.match(incoming) else _new_request_id()
 
 
 def error_response(
