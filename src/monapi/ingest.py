@@ -289,6 +289,10 @@ def infer_type(value: object) -> str | None:
     )
 
 
+# The specs last given to a Validator, and their fast-path bounds (see Validator.__init__).
+_fast_of: tuple[object, dict[str, dict[str, tuple[float, float]]]] = (None, {})
+
+
 class Validator:
     """Checks points against the field configuration; shared by every wire format."""
 
@@ -312,8 +316,14 @@ class Validator:
         self._good_tag_keys: set[str] = set()
         self._good_tag_values: set[str] = set()
         # measurement -> {float field: (low, high)} for the fast path; a valid measurement name
-        # is in here once seen.
-        self._fast: dict[str, dict[str, tuple[float, float]]] = {}
+        # is in here once seen. Shared by every Validator of the same specs (the registry hands
+        # out one dict per field-configuration version): an agent push does not rebuild it.
+        global _fast_of
+        known_specs, fast = _fast_of
+        if known_specs is not specs:
+            fast = {}
+            _fast_of = (specs, fast)
+        self._fast: dict[str, dict[str, tuple[float, float]]] = fast
 
     def _fast_bounds(self, meas: str) -> dict[str, tuple[float, float]]:
         bounds = {
