@@ -193,17 +193,37 @@ def _prefixes(
     ``series`` gives a key's measurement and raw tags (validated here as the exact path
     does)."""
     out: dict[Any, str] = {}
+    memo = _prefix_memo
     for key in keys:
         got = series(key)
         if got is None:
             return None
         meas, raw_tags = got
-        scratch = ValidationResult()
-        tags = validator._tags(0, dict(raw_tags), scratch) if raw_tags else ()
-        if scratch.error_count or tag_problem(tags):
+        # Whether tags are valid depends on nothing but the tags (no configuration): an
+        # agent's series key is checked and written once, not on every push.
+        mkey = (meas, raw_tags, ident)
+        prefix = memo.get(mkey, _UNSEEN)
+        if prefix is _UNSEEN:
+            scratch = ValidationResult()
+            tags = validator._tags(0, dict(raw_tags), scratch) if raw_tags else ()
+            prefix = (
+                None
+                if scratch.error_count or tag_problem(tags)
+                else series_prefix(meas, tags, ident)
+            )
+            if len(memo) >= PREFIX_MEMO_SIZE:
+                memo.clear()
+            memo[mkey] = prefix
+        if prefix is None:
             return None
-        out[key] = series_prefix(meas, tags, ident)
+        out[key] = prefix
     return out
+
+
+# (measurement, raw tags, identity) -> the written series key, or None when not plainly valid.
+PREFIX_MEMO_SIZE = 20_000
+_UNSEEN: Any = object()
+_prefix_memo: dict[tuple[str, Tags, Tags], str | None] = {}
 
 
 def _in_window(validator: Validator, lowest: int, highest: int) -> bool:
