@@ -232,7 +232,7 @@ class Settings(BaseSettings):
         le=64,
         description="gunicorn worker processes; default the number of cores",
     )
-    threads: int = Field(8, ge=1, le=256, description="threads per gunicorn worker")
+    threads: int = Field(16, ge=1, le=256, description="threads per gunicorn worker")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="log level: DEBUG, INFO, WARNING, ERROR"
     )
