@@ -3,8 +3,11 @@
 
 One command::
 
-    .venv/bin/python bench/run.py            # full run (about 8 minutes)
-    .venv/bin/python bench/run.py --quick    # short run (about 2 minutes)
+    .venv/bin/python bench/run.py            # full run (about 35 minutes)
+    .venv/bin/python bench/run.py --quick    # short run (about 6 minutes)
+
+Of the full run, the agent comparison (issue 7) takes about 9 minutes and the memory soak 10
+(``--skip-agents-compare``, ``--skip-soak``; ``--quick``: about 1 minute for both).
 
 It starts ``monapi serve`` (gunicorn, gthread) on a free 127.0.0.1 port with a fresh temporary
 data directory, creates benchmark fields and servers through the API, then measures:
@@ -23,6 +26,18 @@ data directory, creates benchmark fields and servers through the API, then measu
   (direct), as JSON to monapi's /api/v1/data, and as the same gzip line protocol to monapi's
   /write (for VictoriaMetrics without the ``measurement`` tag, which monapi adds itself);
   reports each, per round and median, and their ratios to direct.
+* agents compare (bench/agents.py, issue 7): agent-sized pushes (wrk, bench/agent.lua) at a
+  sweep of concurrency levels against monapi on InfluxDB, an empty Flask 204 route under the
+  same gunicorn settings (the framework's ceiling) and bench/baseline/app.py, a naive BASELINE
+  of the founding design (not monapi; gunicorn -w 4), side by side on one InfluxDB; reports
+  requests/s, p50/p90/p99, worker RSS, the ratios at 64 connections, and plots requests/s and
+  p99 against connections (bench/plot.py: docs/img/bench-agents.png and docs/bench-agents.md;
+  for --quick beside the JSON in bench/results/).
+* memory soak (bench/agents.py): monapi on InfluxDB under 64 agents for 10 minutes, VmRSS of
+  every gunicorn worker every 10 s: the end value and the growth over the last 5 minutes.
+* reads (bench/reads.py, issue 7): on the embedded store, a 24-hour range at 10 s resolution
+  for one field with a 5-minute step, and the overview of 1,000 servers (per_page=1000):
+  median, p90 and max over keep-alive requests, answers checked.
 
 After each phase it counts the stored field values in the time-series file (for the engines: in
 the engine), so the numbers are data that was stored, not just replies. Traffic goes only to
@@ -61,6 +76,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from monapi.settings import Settings
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -811,6 +828,18 @@ def table(result: dict[str, Any]) -> str:
         import engines
 
         rows += engines.table_rows(result["engines"])
+    if "reads" in result:
+        import reads
+
+        rows += reads.table_rows(result["reads"])
+    for key, what in (("agents_compare", "table_rows"), ("soak", "soak_rows")):
+        if key in result:
+            import agents
+
+            if "error" in result[key]:
+                rows.append((f"{key}: not measured", result[key]["error"][:60], "", "NO"))
+            else:
+                rows += getattr(agents, what)(result[key])
     return format_table(rows)
 
 
@@ -914,7 +943,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short phases (smoke run)")
     ap.add_argument("--workers", type=int, default=ncpu, help="gunicorn workers (default: cores)")
-    ap.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    threads = Settings.model_fields["threads"].default
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=threads,
+        help=f"threads per worker (default: monapi's default, {threads})",
+    )
     ap.add_argument(
         "--bulk-seconds",
         type=float,
@@ -975,6 +1010,11 @@ def main(argv: list[str] | None = None) -> int:
         help="requests per page in the dashboard phase (default 7; --quick 3)",
     )
     ap.add_argument(
+        "--skip-reads",
+        action="store_true",
+        help="skip the read-query phase (24 h range, overview of 1,000 servers; bench/reads.py)",
+    )
+    ap.add_argument(
         "--skip-engines", action="store_true", help="skip the InfluxDB/VictoriaMetrics comparison"
     )
     ap.add_argument(
@@ -1001,6 +1041,58 @@ def main(argv: list[str] | None = None) -> int:
         "direct,json,lp): direct = gzip line protocol straight to the engine; json = the\n"
         "points as JSON to monapi's /api/v1/data; lp = the direct run's gzip line protocol to\n"
         "monapi's /write (for VictoriaMetrics without the measurement tag monapi adds)",
+    )
+    ap.add_argument(
+        "--skip-agents-compare",
+        action="store_true",
+        help="skip the agent comparison (monapi / empty route / baseline, issue 7)",
+    )
+    ap.add_argument(
+        "--agents-levels",
+        default=None,
+        help="connection levels of the agent comparison, comma-separated\n"
+        "(default 1,4,16,64,128; --quick 16,64)",
+    )
+    ap.add_argument(
+        "--agents-seconds",
+        type=float,
+        default=None,
+        help="measured part of each agent comparison run (default 8; --quick 3)",
+    )
+    ap.add_argument(
+        "--agents-rounds",
+        type=int,
+        default=None,
+        help="rounds of the agent comparison: each level runs every target once per round,\n"
+        "in a rotated order; ratios are medians of the rounds (default 3; --quick 1)",
+    )
+    ap.add_argument(
+        "--agents-warmup",
+        type=int,
+        default=None,
+        help="warm-up before each agent comparison run, whole seconds (default 3; --quick 1)",
+    )
+    ap.add_argument(
+        "--agents-wrk-threads",
+        type=int,
+        default=64,
+        help="most wrk threads (= keys) in the agent comparison and soak (64)",
+    )
+    ap.add_argument(
+        "--baseline-workers",
+        type=int,
+        default=4,
+        help="gunicorn sync workers of the baseline (default 4, the founding design's)",
+    )
+    ap.add_argument("--skip-soak", action="store_true", help="skip the memory soak")
+    ap.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=None,
+        help="length of the memory soak (default 600; --quick 30)",
+    )
+    ap.add_argument(
+        "--soak-connections", type=int, default=64, help="agents in the memory soak (64)"
     )
     ap.add_argument("--log-level", default="INFO", help="MONAPI_LOG_LEVEL of the server (INFO)")
     ap.add_argument(
@@ -1030,7 +1122,27 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--engine-kinds: unknown {', '.join(unknown)} (direct, json, lp)")
     bulk_json = not (args.skip_bulk or args.skip_bulk_json)
     bulk_lp = not (args.skip_bulk or args.skip_bulk_lp)
-    wrk = ensure_wrk() if not args.skip_agent else ""
+    try:
+        agents_levels = tuple(
+            int(x)
+            for x in (args.agents_levels or ("16,64" if args.quick else "1,4,16,64,128")).split(",")
+            if x.strip()
+        )
+    except ValueError:
+        ap.error("--agents-levels: comma-separated numbers of connections")
+    if not agents_levels or any(not 1 <= c <= 10_000 for c in agents_levels):
+        ap.error("--agents-levels: 1 to 10000 connections each")
+    agents_s = args.agents_seconds or (3.0 if args.quick else 8.0)
+    if not 1 <= agents_s <= 600:
+        ap.error("--agents-seconds: 1 to 600")
+    agents_rounds = args.agents_rounds or (1 if args.quick else 3)
+    if not 1 <= agents_rounds <= 20:
+        ap.error("--agents-rounds: 1 to 20")
+    soak_s = args.soak_seconds or (30.0 if args.quick else 600.0)
+    if not 10 <= soak_s <= 24 * 3600:
+        ap.error("--soak-seconds: 10 to 86400")
+    needs_wrk = not (args.skip_agent and args.skip_agents_compare and args.skip_soak)
+    wrk = ensure_wrk() if needs_wrk else ""
 
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -1121,6 +1233,13 @@ def main(argv: list[str] | None = None) -> int:
                     args.dashboard_rounds or (3 if args.quick else 7),
                 )
             print(format_table(dashboard.rows(result["dashboard"])), flush=True)
+        if not args.skip_reads:
+            import reads
+
+            rounds = 5 if args.quick else 20
+            print(f"reads: 1000 servers, 24 h of one; {rounds} rounds per query ...", flush=True)
+            with running_server(tmp / "reads", args.workers, args.threads, args.log_level) as srv:
+                result["reads"] = reads.run_reads(srv.port, srv.admin_token, api, 1000, rounds)
         if not args.skip_engines and engine_names:
             import engines
 
@@ -1135,6 +1254,35 @@ def main(argv: list[str] | None = None) -> int:
                 kinds=tuple(engine_kinds),
             )
             result["engines"] = engines.run_engines(engine_names, tmp / "engines", opts)
+        if not (args.skip_agents_compare and args.skip_soak):
+            import agents
+
+            a_opts = agents.Options(
+                workers=args.workers,
+                threads=args.threads,
+                levels=agents_levels,
+                seconds=agents_s,
+                rounds=agents_rounds,
+                warmup=args.agents_warmup
+                if args.agents_warmup is not None
+                else (1 if args.quick else 3),
+                wrk_threads_max=args.agents_wrk_threads,
+                log_level=args.log_level,
+                baseline_workers=args.baseline_workers,
+                profile_dir=args.profile,
+            )
+            if not args.skip_agents_compare:
+                result["agents_compare"] = _phase_or_error(
+                    lambda: agents.run_compare(wrk, tmp / "agents", a_opts)
+                )
+                if "error" not in result["agents_compare"]:
+                    print(agents.levels_table(result["agents_compare"]), flush=True)
+            if not args.skip_soak:
+                result["soak"] = _phase_or_error(
+                    lambda: agents.run_soak(
+                        wrk, tmp / "soak", a_opts, soak_s, args.soak_connections
+                    )
+                )
     finally:
         if not args.keep_data:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1143,8 +1291,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS_DIR / f"{stamp}{'-quick' if args.quick else ''}.json"
+    result["results_file"] = out.name
     out.write_text(json.dumps(result, indent=2) + "\n")
-    if any(k in result for k in ("bulk", "bulk_lp", "agent", "footprint", "engines")):
+    agents_doc = _agents_doc(result, out, args.quick)
+    keys = ("bulk", "bulk_lp", "agent", "footprint", "engines", "agents_compare", "soak", "reads")
+    if any(k in result for k in keys):
         print()
         print(table(result))
     if "engines" in result:
@@ -1154,12 +1305,21 @@ def main(argv: list[str] | None = None) -> int:
         print(engines.rounds_table(result["engines"]))
         print()
         print(engines.cpu_table(result["engines"]))
+    if "agents_compare" in result and "error" not in result["agents_compare"]:
+        import agents
+
+        print()
+        print(agents.levels_table(result["agents_compare"]))
+        print()
+        print(agents.rss_table(result["agents_compare"]))
     m = result["machine"]
     print(
         f"\n{m['nproc']} x {m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}, "
         f"SQLite {m['sqlite']}; load generators share these cores with the server."
     )
     print(f"results: {out}")
+    if agents_doc:
+        print(f"agent comparison plot and report: {', '.join(map(str, agents_doc))}")
     status = 0
     for phase in ("bulk", "bulk_lp"):
         b = result.get(phase)
@@ -1172,7 +1332,52 @@ def main(argv: list[str] | None = None) -> int:
         import engines
 
         status = max(status, engines.exit_status(result["engines"]))
+    if any(not q["answer_ok"] for q in result.get("reads", {}).get("queries", {}).values()):
+        status = 1
+    if "agents_compare" in result or "soak" in result:
+        import agents
+
+        a, s = result.get("agents_compare"), result.get("soak")
+        if (a and "error" in a) or (s and "error" in s):
+            status = 1
+        else:
+            status = max(status, agents.exit_status(a, s))
     return status
+
+
+def _phase_or_error(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A phase's result, or ``{"error": ...}`` when it failed (reported, the others still run;
+    the command exits 1). Ctrl-C and SIGTERM still stop the benchmark."""
+    try:
+        return run()
+    except BaseException as exc:
+        # tests/engines.py says "engine missing" with pytest.skip (or pytest.fail under CI)
+        pytest = sys.modules.get("pytest")
+        skips = (pytest.skip.Exception, pytest.fail.Exception) if pytest else ()
+        if not isinstance(exc, (Exception, *skips)):
+            raise
+        msg = f"{type(exc).__name__}: {str(exc)[-2000:]}"
+        print(f"\n!!!!! {msg}\n", file=sys.stderr, flush=True)
+        return {"error": msg}
+
+
+def _agents_doc(result: dict[str, Any], out: Path, quick: bool) -> list[Path]:
+    """The agent comparison's plot and Markdown report: docs/img/bench-agents.png and
+    docs/bench-agents.md for a full run, beside the JSON for --quick."""
+    a = result.get("agents_compare")
+    if not a or "error" in a:
+        return []
+    import plot
+
+    if quick:
+        png, md = out.with_suffix(".agents.png"), out.with_suffix(".agents.md")
+    else:
+        png, md = plot.DEFAULT_PNG, plot.DEFAULT_REPORT
+    try:
+        return [plot.plot_agents(result, png), plot.write_report(result, png, md)]
+    except Exception as exc:  # a plot must not lose the run: the JSON is written already
+        print(f"!! plot/report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return []
 
 
 if __name__ == "__main__":
