@@ -502,7 +502,8 @@ def summarize(
     counted = [r for r in runs if "stored_matches" in r]
     return {
         "note": "monapi, an empty Flask route and a naive baseline of the founding design, one "
-        "after the other per level (order rotated per level) on one InfluxDB; wrk shares the "
+        "after the other per level and round (order rotated per level and round) on one "
+        "InfluxDB; wrk shares the "
         "cores with the targets and InfluxDB",
         "influxdb": {"url": url, "version": engine_version("influxdb")},
         "targets": {

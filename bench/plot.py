@@ -137,7 +137,9 @@ def report_markdown(result: dict[str, Any], png: Path, md: Path) -> str:
             "",
             f"Request: {cmp_['request']}. Each level: {cmp_['warmup_seconds']:g} s warm-up, then "
             f"{cmp_['seconds_per_run']:g} s measured per target, the targets one after the other "
-            "(order rotated per level); wrk threads = min(connections, "
+            f"in {cmp_.get('rounds', 1)} round(s) (order rotated per level and round; requests/s "
+            "and p99 are medians of the rounds, ratios medians of the per-round ratios); wrk "
+            "threads = min(connections, "
             f"{cmp_['wrk_threads_max']}). The empty route reads the request body "
             "(`request.get_data()`) so that keep-alive is fair. wrk runs on the same cores.",
             "",
