@@ -165,3 +165,22 @@ def test_a_stored_push_is_logged_like_any_request(
     assert rec.getMessage() == "POST /api/v1/data 204"
     assert rec.request_id == resp.headers["X-Request-ID"]  # type: ignore[attr-defined]
     assert rec.duration_ms >= 0  # type: ignore[attr-defined]
+
+
+def test_a_configuration_store_that_fails_the_key_lookup_still_gets_a_json_answer(
+    app: Flask, admin_token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path hands anything unexpected in the key check to Flask, whose error handlers
+    answer in JSON (here the key lookup raises, as a database that went away would)."""
+    from monapi.errors import StoreUnavailable
+
+    client = app.test_client()
+    key = register_server(client, admin_token)["api_key"]
+
+    def down(self: KeyService, key_id: str) -> Any:
+        raise StoreUnavailable("configuration store: connection refused")
+
+    monkeypatch.setattr(KeyService, "lookup", down)
+    resp = push(client, key, POINT)
+    assert resp.status_code == 503
+    assert "configuration store" in resp.get_json()["error"]

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, g
 
 from ..auth import PRINCIPAL_ENVIRON, SERVER, Principal, get_keys, key_from
-from ..errors import REQUEST_ID_HEADER, ApiError, request_id_for
+from ..errors import REQUEST_ID_HEADER, request_id_for
 from ..ratelimit import KEY_WAIT_ENVIRON, key_hit
 from ..settings import Settings
 
@@ -75,6 +75,24 @@ class HotPath:
         self.key_limit = settings.rate_limit_server
         self.max_length: int | None = app.config.get("MAX_CONTENT_LENGTH")
 
+    def _principal(self, key: str, environ: WSGIEnvironment) -> Principal | None:
+        """The caller, when its key is a valid server key of an enabled server within its rate
+        limit; else None (Flask then answers, in its own words)."""
+        try:
+            record = get_keys().authenticate(key)
+        except Exception:  # ApiError, or a store that does not answer: Flask says it in JSON
+            return None
+        if record.kind != SERVER or not record.server_enabled:
+            return None
+        principal = Principal(record.kind, record.id, record.server_id, record.hostname)
+        if self.key_limit[0] > 0:
+            wait = key_hit(record.id, self.key_limit)
+            environ[KEY_WAIT_ENVIRON] = wait  # counted once, here
+            if wait > 0:
+                environ[PRINCIPAL_ENVIRON] = principal
+                return None
+        return principal
+
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
             return self.next(environ, start_response)
@@ -93,27 +111,18 @@ class HotPath:
             != "application/json"
         ):
             return self.next(environ, start_response)
-        outcome: Outcome
+        outcome: Outcome | None = None
         with self.app.app_context():
-            try:
-                record = get_keys().authenticate(key)
-            except ApiError:
-                return self.next(environ, start_response)  # Flask says why, in its words
-            if record.kind != SERVER or not record.server_enabled:
-                return self.next(environ, start_response)
-            principal = Principal(record.kind, record.id, record.server_id, record.hostname)
-            if self.key_limit[0] > 0:
-                wait = key_hit(record.id, self.key_limit)
-                environ[KEY_WAIT_ENVIRON] = wait  # counted once, here
-                if wait > 0:
-                    environ[PRINCIPAL_ENVIRON] = principal
-                    return self.next(environ, start_response)
-            raw = environ["wsgi.input"].read(int(length))
-            g.principal = principal
-            try:
-                outcome = Outcome(self.ingest_body(raw, environ.get("HTTP_CONTENT_ENCODING")))
-            except Exception as exc:  # the view raises it again, inside Flask
-                outcome = Outcome(error=exc)
+            principal = self._principal(key, environ)
+            if principal is not None:
+                raw = environ["wsgi.input"].read(int(length))
+                g.principal = principal
+                try:
+                    outcome = Outcome(self.ingest_body(raw, environ.get("HTTP_CONTENT_ENCODING")))
+                except Exception as exc:  # the view raises it again, inside Flask
+                    outcome = Outcome(error=exc)
+        if outcome is None:  # Flask answers (and pushes its own contexts, as always)
+            return self.next(environ, start_response)
         if outcome.value is None and outcome.error is None:  # 204: every point stored
             rid = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
             start_response(_NO_CONTENT, [_CONTENT_TYPE, (REQUEST_ID_HEADER, rid)])
