@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import logging
+import select
 import socket
 import threading
 from collections.abc import Mapping
@@ -262,10 +263,19 @@ class RawPool:
             return status, rheaders, data
 
     def _take(self) -> tuple[socket.socket | None, bool]:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-        return None, False
+        """An idle connection that is still open, or None. A connection the engine closed
+        while idle (its keep-alive timeout) reads as ready, so it is dropped here rather than
+        found dead with a request on it, which a non-idempotent request could not repeat."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None, False
+                sock = self._idle.pop()
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            if not poller.poll(0):
+                return sock, True
+            sock.close()  # closed by the engine, or unexpected bytes: not usable
 
     def _give(self, sock: socket.socket) -> None:
         with self._lock:
