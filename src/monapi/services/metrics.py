@@ -16,7 +16,7 @@ from ..fields import FieldSpec, get_registry
 from ..models import Server
 from ..settings import parse_duration
 from ..tsdb import LatestValue, TimeSeriesStore, Value
-from .servers import status_of, store
+from .servers import last_seen_of, status_of, store
 
 MAX_POINTS_PER_SERIES = 11_000
 TARGET_POINTS = 1_000
@@ -361,11 +361,7 @@ def overview_items(
                 and lv.value > cur
             ):
                 values[label] = lv.value
-        # last_seen_of: a push this process has not written yet counts
-        seen = s.last_seen
-        buffered = pending.get(s.id)
-        if buffered is not None and (seen is None or buffered > seen):
-            seen = buffered
+        seen = last_seen_of(s, pending)
         items.append(
             {
                 "id": s.id,

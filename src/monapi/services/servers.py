@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from flask import current_app
 from sqlalchemy import delete, func, select, update
@@ -34,7 +34,16 @@ def _epoch_to_dt(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if ts is not None else None
 
 
-def last_seen_of(server: Server, pending: dict[int, float]) -> float | None:
+class HasLastSeen(Protocol):
+    """A ``Server``, or a row with its ``id`` and ``last_seen`` columns."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def last_seen(self) -> float | None: ...
+
+
+def last_seen_of(server: HasLastSeen, pending: dict[int, float]) -> float | None:
     """Last push time, including pushes this process has not written yet."""
     buffered = pending.get(server.id)
     if buffered is not None and (server.last_seen is None or buffered > server.last_seen):
