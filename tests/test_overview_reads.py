@@ -178,24 +178,9 @@ def test_latest_of_a_store_without_it_filters_latest(
 
 # The overview, through the API ----------------------------------------------------------------
 def _former_values(latest: list[LatestValue]) -> dict[str, Value | None]:
-    """The overview values as the overview computed them before it read only its fields: every
-    latest value of the server, the first series of a key kept, disk the largest."""
-    wanted = {(m, f): (label, how) for label, (m, f, how) in msvc.OVERVIEW_KEYS.items()}
-    values: dict[str, Value | None] = dict.fromkeys(msvc.OVERVIEW_KEYS)
-    for lv in latest:
-        hit = wanted.get((lv.measurement, lv.field))
-        if hit is None:
-            continue
-        label, how = hit
-        cur = values[label]
-        if cur is None or (
-            how == "max"
-            and isinstance(lv.value, int | float)
-            and isinstance(cur, int | float)
-            and lv.value > cur
-        ):
-            values[label] = lv.value
-    return values
+    """The overview values as the overview computed them before it read only its fields: from
+    every latest value of the server (the reduction itself is shared, the input is not)."""
+    return msvc.overview_values(latest)
 
 
 def _overview(client: FlaskClient, token: str, **params: Any) -> dict[str, Any]:

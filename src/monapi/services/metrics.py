@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -336,31 +336,40 @@ def latest_of(
     )
 
 
+_WANTED = {(m, f): (label, how) for label, (m, f, how) in OVERVIEW_KEYS.items()}
+
+
+def overview_values(latest_values: Iterable[LatestValue]) -> dict[str, Value | None]:
+    """The overview's values from a server's latest values (any others are ignored): the first
+    series of each key, the largest for "max" keys (the fullest disk)."""
+    values: dict[str, Value | None] = dict.fromkeys(OVERVIEW_KEYS)
+    for lv in latest_values:
+        hit = _WANTED.get((lv.measurement, lv.field))
+        if hit is None:
+            continue
+        label, how = hit
+        cur = values[label]
+        if cur is None or (
+            how == "max"
+            and isinstance(lv.value, int | float)
+            and isinstance(cur, int | float)
+            and lv.value > cur
+        ):
+            values[label] = lv.value
+    return values
+
+
 def overview_items(
     servers: Sequence[OverviewServer], pending: dict[int, float]
 ) -> list[dict[str, Any]]:
     """Status and key latest values of each server (``servers``: distinct)."""
     # Each server's values are used as they come, so that only a batch of them is alive at once.
     latest = latest_of(store(), [s.id for s in servers], OVERVIEW_SELECTORS)
-    wanted = {(m, f): (label, how) for label, (m, f, how) in OVERVIEW_KEYS.items()}
     now = time.time()
     items = []
     for s, (sid, latest_values) in zip(servers, latest, strict=True):
         assert sid == s.id
-        values: dict[str, Value | None] = dict.fromkeys(OVERVIEW_KEYS)
-        for lv in latest_values:
-            hit = wanted.get((lv.measurement, lv.field))
-            if hit is None:
-                continue
-            label, how = hit
-            cur = values[label]
-            if cur is None or (
-                how == "max"
-                and isinstance(lv.value, int | float)
-                and isinstance(cur, int | float)
-                and lv.value > cur
-            ):
-                values[label] = lv.value
+        values = overview_values(latest_values)
         seen = last_seen_of(s, pending)
         items.append(
             {
