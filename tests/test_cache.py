@@ -422,3 +422,64 @@ def test_postgresql_and_redis_keep_reading_the_versions_themselves() -> None:
     assert LocalCoordinator(pg, 5.0).hint is None
     mem = Database("sqlite:///:memory:")
     assert hint_path(mem) is None
+
+
+def test_a_redis_that_hangs_costs_a_request_at_most_one_timeout(tmp_path: Path) -> None:
+    """A Redis that accepts connections and never answers (a black hole): the first request
+    waits for one timeout (1 s), the next ones leave Redis alone for a second and answer at
+    once; pushes are stored all along, limits counted in the process (the local fallback)."""
+    import socket
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # the kernel accepts; nobody ever reads or answers
+    try:
+        port = hole.getsockname()[1]
+        app, token = make_app(
+            tmp_path / "d", redis_url=f"redis://127.0.0.1:{port}/0", rate_limit_server="3/minute"
+        )
+        c = app.test_client()
+        s = register_server(c, token)
+        times, codes = [], []
+        for _ in range(5):
+            t0 = time.monotonic()
+            codes.append(push(c, s["api_key"], {"fields": {"load1": 1.0}}).status_code)
+            times.append(time.monotonic() - t0)
+        assert codes == [204, 204, 204, 429, 429]  # counted in the process meanwhile
+        assert sum(times) < 4.0, times  # not one 1 s timeout per call to Redis
+        assert max(times[1:]) < 0.5 or times[0] < 0.5, times
+        resp = c.get("/readyz")
+        assert resp.status_code == 503 and resp.get_json()["details"][0]["location"] == "cache"
+    finally:
+        hole.close()
+
+
+@pytest.mark.parametrize(("fallback", "sixth"), [("local", 429), ("open", 204), ("closed", 503)])
+def test_rate_limits_without_redis_follow_the_fallback_setting(
+    tmp_path: Path, fallback: str, sixth: int
+) -> None:
+    """MONAPI_RATE_LIMIT_FALLBACK with a Redis that refuses connections: local counts in the
+    process, open lets everything through, closed answers 503 with Retry-After (nothing stored)."""
+    from .engines import free_port
+
+    app, token = make_app(
+        tmp_path / "d",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        rate_limit_server="5/minute",
+        rate_limit_fallback=fallback,
+    )
+    c = app.test_client()
+    s = register_server(c, token)
+    answers = [push(c, s["api_key"], {"fields": {"load1": float(i)}}) for i in range(6)]
+    expected_first = 503 if fallback == "closed" else 204
+    assert [a.status_code for a in answers[:5]] == [expected_first] * 5
+    assert answers[5].status_code == sixth
+    if sixth != 204:
+        assert int(answers[5].headers["Retry-After"]) >= 1
+    if fallback == "closed":
+        body = answers[5].get_json()
+        assert body["code"] == "store_unavailable" and "MONAPI_RATE_LIMIT_FALLBACK" in body["error"]
+        latest = c.get(f"/api/v1/servers/{s['id']}/latest", headers=bearer(token)).get_json()
+        assert not latest.get("values"), latest  # a 503 stored nothing
+    # Admin requests have no rate limit: they are served in every mode.
+    assert c.get("/api/v1/servers", headers=bearer(token)).status_code == 200

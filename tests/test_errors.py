@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,20 +118,29 @@ def test_request_id_is_taken_from_the_client_when_sane(client: FlaskClient) -> N
     assert len(resp.headers["X-Request-ID"]) == 32
 
 
-def test_errors_are_logged_with_the_request_id(app_with_faults: Flask) -> None:
+@contextmanager
+def kept_records(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records of logger ``name`` (DEBUG and up) while the block runs."""
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record)
 
-    handler = Keep()
-    logger = logging.getLogger("monapi")
+    handler, logger = Keep(), logging.getLogger(name)
+    old_level = logger.level
     logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
     try:
-        resp = app_with_faults.test_client().get("/boom", headers={"X-Request-ID": "trace-500"})
+        yield records
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def test_errors_are_logged_with_the_request_id(app_with_faults: Flask) -> None:
+    with kept_records("monapi") as records:
+        resp = app_with_faults.test_client().get("/boom", headers={"X-Request-ID": "trace-500"})
     assert resp.status_code == 500
     ids = [getattr(r, "request_id", None) for r in records]
     assert "trace-500" in ids
@@ -159,3 +170,18 @@ def test_readyz_names_the_store_that_does_not_answer(tmp_path: Path) -> None:
     assert body["details"][0]["location"] == "tsdb"
     assert "tsdb" in body["error"] and resp.headers["Retry-After"]
     assert app.test_client().get("/healthz").status_code == 200
+
+
+def test_a_request_refused_by_an_early_hook_logs_its_own_duration(tmp_path: Path) -> None:
+    """The access line of a request a rate limit refuses (a hook that runs before the others)
+    gives that request's duration, not the time since the process started."""
+    app, token = make_app(tmp_path / "d", rate_limit_register="1/minute")
+    client = app.test_client()
+    with kept_records("monapi.access") as records:
+        register_server(client, token, "first")
+        body = {"hostname": "second", "ip_address": "192.0.2.2"}
+        resp = client.post("/api/v1/servers", json=body, headers=bearer(token))
+    assert resp.status_code == 429
+    refused = [r for r in records if r.getMessage().endswith(" 429")]
+    assert len(refused) == 1
+    assert 0 <= refused[0].duration_ms < 5_000  # type: ignore[attr-defined]

@@ -133,3 +133,94 @@ def test_engine_writes_are_compressed_unless_the_engine_is_on_loopback(
     assert EngineHTTP("x", url, 1, 1, compression="gzip").gzip is True
     assert EngineHTTP("x", url, 1, 1, compression="none").gzip is False
     assert load_settings({"tsdb_compression": "none"}).tsdb_compression == "none"
+
+
+# Production mode ------------------------------------------------------------------------------
+STRONG_A = "3f9c1e7a5b2d48f0a6c9e1b7d3f5a2c8e4b6d0f1a3c5e7b9"
+STRONG_B = "b81d6f3a9e2c47d5f0a8c3e6b1d9f4a7c2e5b8d0f3a6c9e1"
+
+
+def test_development_needs_no_secrets(tmp_path: Path) -> None:
+    """The default: secrets are generated into the data directory on first start."""
+    s = load_settings({"data_dir": tmp_path})
+    assert s.env == "development" and s.secret_key is None and s.key_pepper is None
+
+
+@pytest.mark.parametrize(
+    ("secret", "pepper", "why"),
+    [
+        (None, None, "MONAPI_SECRET_KEY is not set; MONAPI_KEY_PEPPER is not set"),
+        (STRONG_A, None, "MONAPI_KEY_PEPPER is not set"),
+        ("   ", STRONG_B, "MONAPI_SECRET_KEY is not set"),
+        ("0123456789abcdef", STRONG_B, "MONAPI_SECRET_KEY is shorter than 32 characters"),
+        ("change-me-change-me-change-me-change-me", STRONG_B, "MONAPI_SECRET_KEY looks like"),
+        (STRONG_A, "please-replace-with-a-random-value-1234", "MONAPI_KEY_PEPPER looks like"),
+        (STRONG_A, "ab" * 20, "MONAPI_KEY_PEPPER looks like a placeholder"),
+        (STRONG_A, STRONG_A, "are the same"),
+    ],
+)
+def test_production_refuses_to_start_without_strong_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    secret: str | None,
+    pepper: str | None,
+    why: str,
+) -> None:
+    monkeypatch.setenv("MONAPI_ENV", "production")
+    monkeypatch.setenv("MONAPI_DATA_DIR", str(tmp_path))
+    for var, value in (("MONAPI_SECRET_KEY", secret), ("MONAPI_KEY_PEPPER", pepper)):
+        if value is not None:
+            monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    message = str(exc.value)
+    assert "MONAPI_ENV=production refuses to start" in message and why in message
+    assert "openssl rand -hex 32" in message
+    for value in (secret, pepper):  # the message never repeats a secret
+        assert not value or not value.strip() or value not in message
+    with pytest.raises(ConfigError):
+        create_app()
+    assert not (tmp_path / "secret_key").exists() and not (tmp_path / "key_pepper").exists()
+
+
+def test_production_starts_with_strong_secrets_and_uses_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from monapi.bootstrap import initialize
+
+    monkeypatch.setenv("MONAPI_ENV", "production")
+    monkeypatch.setenv("MONAPI_SECRET_KEY", STRONG_A)
+    monkeypatch.setenv("MONAPI_KEY_PEPPER", STRONG_B)
+    overrides = {"data_dir": tmp_path, "log_level": "WARNING"}
+    initialize(load_settings(overrides))
+    app = create_app(overrides)
+    try:
+        assert app.config["SECRET_KEY"] == STRONG_A
+        assert app.test_client().get("/readyz").status_code == 200
+        # Nothing generated: the secrets come from the environment only.
+        assert not (tmp_path / "secret_key").exists() and not (tmp_path / "key_pepper").exists()
+    finally:
+        from monapi.app import shutdown
+
+        shutdown(app)
+
+
+def test_monapi_serve_refuses_to_start_in_production_without_secrets(tmp_path: Path) -> None:
+    """The real command: exit status 2 and the reason, before gunicorn starts."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONAPI_")}
+    env.update(MONAPI_ENV="production", MONAPI_DATA_DIR=str(tmp_path), MONAPI_KEY_PEPPER=STRONG_B)
+    done = subprocess.run(
+        [sys.executable, "-m", "monapi.cli", "serve", "--bind", "127.0.0.1:9"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "MONAPI_SECRET_KEY is not set" in done.stderr
+    assert "Booting worker" not in done.stderr + done.stdout

@@ -138,7 +138,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     cache.init_app(
         app,
         cache.create_coordinator(
-            database, settings.redis_url, settings.redis_prefix, settings.last_seen_flush
+            database,
+            settings.redis_url,
+            settings.redis_prefix,
+            settings.last_seen_flush,
+            fallback=settings.rate_limit_fallback,
         ),
     )
     fields.init_app(app)
@@ -235,9 +239,12 @@ def log_access(method: str, path: str, status: int, rid: Callable[[], str], t0: 
 
 
 def _install_request_logging(app: Flask) -> None:
-    @app.before_request
     def _start() -> None:
         g.t0 = time.perf_counter()
+
+    # First of all hooks: one that refuses the request (a rate limit, a key) ends it early, and
+    # its access line still needs the start time.
+    app.before_request_funcs.setdefault(None, []).insert(0, _start)
 
     @app.after_request
     def _log(resp: Response) -> Response:

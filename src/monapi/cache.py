@@ -80,6 +80,32 @@ class Coordinator(Protocol):
     def close(self) -> None: ...
 
 
+class RateLimiter:
+    """Rate limits counted in this process (GCRA: one "theoretical arrival time" per bucket; a
+    burst of ``limit`` is allowed, then one request every period/limit seconds)."""
+
+    def __init__(self) -> None:
+        self._tat: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, bucket: str, limit: int, period: float) -> float:
+        """0 when the request may go ahead, else the seconds to wait."""
+        if limit <= 0:
+            return 0.0
+        interval = period / limit
+        tolerance = interval * (limit - 1)
+        now = time.monotonic()
+        with self._lock:
+            tat = max(self._tat.get(bucket, now), now)
+            wait = tat - tolerance - now
+            if wait > 0:
+                return wait
+            self._tat[bucket] = tat + interval
+            if len(self._tat) > 100_000:  # forget buckets that are back to full
+                self._tat = {k: v for k, v in self._tat.items() if v > now}
+        return 0.0
+
+
 class SeenBuffer:
     """Last-seen times waiting to be written: the newest time per server, thread-safe."""
 
@@ -171,7 +197,7 @@ class LocalCoordinator:
             event.listen(db.sessionmaker, "after_rollback", self._after_rollback)
         self.flush_interval = flush_interval
         self.seen = SeenBuffer()  # written to the database by flush_seen()
-        self._tat: dict[str, float] = {}  # rate limits
+        self.limits = RateLimiter()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -241,22 +267,7 @@ class LocalCoordinator:
         return None
 
     def hit(self, bucket: str, limit: int, period: float) -> float:
-        # GCRA: one "theoretical arrival time" per bucket; a burst of ``limit`` is allowed, then
-        # one request every period/limit seconds.
-        if limit <= 0:
-            return 0.0
-        interval = period / limit
-        tolerance = interval * (limit - 1)
-        now = time.monotonic()
-        with self._lock:
-            tat = max(self._tat.get(bucket, now), now)
-            wait = tat - tolerance - now
-            if wait > 0:
-                return wait
-            self._tat[bucket] = tat + interval
-            if len(self._tat) > 100_000:  # forget buckets that are back to full
-                self._tat = {k: v for k, v in self._tat.items() if v > now}
-        return 0.0
+        return self.limits.hit(bucket, limit, period)
 
     def mark_seen(self, server_id: int, ts: float) -> None:
         self.seen.add(server_id, ts)
@@ -326,13 +337,14 @@ def init_app(app: Flask, coordinator: Coordinator) -> None:
 
 
 def create_coordinator(
-    db: Database, redis_url: str | None, prefix: str, flush: float
+    db: Database, redis_url: str | None, prefix: str, flush: float, fallback: str = "local"
 ) -> Coordinator:
-    """Redis when a URL is configured, else the in-process coordinator."""
+    """Redis when a URL is configured, else the in-process coordinator. ``fallback``: what rate
+    limits do while Redis does not answer (local, open or closed)."""
     if redis_url:
         from .cache_redis import RedisCoordinator
 
-        return RedisCoordinator(db, redis_url, prefix, flush)
+        return RedisCoordinator(db, redis_url, prefix, flush, fallback=fallback)
     return LocalCoordinator(db, flush)
 
 

@@ -20,7 +20,11 @@ What Redis holds (every key under ``MONAPI_REDIS_PREFIX``):
 
 When Redis does not answer, monapi keeps serving: versions come from the configuration store on
 every request (as without Redis), shared copies are skipped, last-seen times stay buffered in the
-process, and rate limits let requests through (fail open) while logging a warning.
+process, and rate limits follow ``MONAPI_RATE_LIMIT_FALLBACK``: ``local`` (each process counts on
+its own, as without Redis), ``open`` (no limits) or ``closed`` (503 for limited requests); a
+warning is logged at most every 10 s. After a failure, requests do not try Redis again for
+``RETRY_AFTER_FAILURE_S`` (the background threads do), so a Redis that hangs costs a request at
+most one timeout, not one per call, and the first request after that window finds it back.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import redis
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from .cache import COLLECTIONS, LocalCoordinator, SeenBuffer
+from .cache import COLLECTIONS, LocalCoordinator, RateLimiter, SeenBuffer
 from .db import Database
 from .errors import StoreUnavailable
 
@@ -47,6 +51,7 @@ MAX_STALENESS_S = 0.5  # re-read the versions hash at least this often
 RECONCILE_S = 5.0  # compare with the configuration store this often
 PUSH_SEEN_S = 1.0  # send buffered last-seen times to Redis this often
 SHARED_TTL_S = 3600
+RETRY_AFTER_FAILURE_S = 1.0  # requests skip Redis this long after it failed
 _INFO_KEY = "monapi.bumped"
 
 # Raise each named field of a hash to at least the given value (never lower it).
@@ -97,9 +102,21 @@ class RedisCoordinator:
     name = "redis"
 
     def __init__(
-        self, db: Database, url: str, prefix: str, flush_interval: float, timeout_s: float = 1.0
+        self,
+        db: Database,
+        url: str,
+        prefix: str,
+        flush_interval: float,
+        timeout_s: float = 1.0,
+        *,
+        fallback: str = "local",
     ) -> None:
+        if fallback not in ("local", "open", "closed"):
+            raise ValueError(f"rate-limit fallback {fallback!r}: expected local, open or closed")
         self.db = db
+        self.fallback = fallback
+        self.local_limits = RateLimiter()  # counts while Redis does not answer (local)
+        self._down_until = 0.0  # monotonic: requests skip Redis until then
         self.url = url
         self.prefix = prefix
         self.flush_interval = flush_interval
@@ -140,6 +157,8 @@ class RedisCoordinator:
         now = time.monotonic()
         if now - self._snapshot_at < MAX_STALENESS_S:
             return self._snapshot
+        if now < self._down_until:
+            return self.sql.versions()
         try:
             raw = self._hgetall(self._k_versions)
             current = {k.decode(): int(v) for k, v in raw.items()}
@@ -149,7 +168,7 @@ class RedisCoordinator:
                 current = self._reconcile(current)
                 self._reconciled_at = now
         except redis.RedisError as exc:
-            self._warn("Redis did not answer; reading cache versions from the database", exc)
+            self._failed("Redis did not answer; reading cache versions from the database", exc)
             return self.sql.versions()  # correct, just slower; retried on the next request
         with self._lock:
             self._snapshot, self._snapshot_at = current, now
@@ -170,7 +189,9 @@ class RedisCoordinator:
         try:
             self.redis.ping()
         except redis.RedisError as exc:
+            self._down_until = time.monotonic() + RETRY_AFTER_FAILURE_S
             raise StoreUnavailable(f"Redis at {_safe_url(self.url)}: {exc}") from exc
+        self._down_until = 0.0
 
     def bump(self, session: Session, *names: str) -> None:
         bumped: dict[str, int] = session.info.setdefault(_INFO_KEY, {})
@@ -184,12 +205,15 @@ class RedisCoordinator:
             return
         with self._lock:  # this process sees its own change at once
             self._snapshot = {**self._snapshot, **bumped}
+        if self._skip():  # others catch up when they reconcile with the database
+            self._snapshot_at = 0.0
+            return
         try:
             self._hset_max(keys=[self._k_versions], args=[x for kv in bumped.items() for x in kv])
             self.redis.publish(self._k_changed, b"bump")
         except redis.RedisError as exc:
             # Committed, but not announced: other processes catch up when they reconcile.
-            self._warn("could not announce a configuration change on Redis", exc)
+            self._failed("could not announce a configuration change on Redis", exc)
         self._snapshot_at = 0.0
 
     def _after_rollback(self, session: Session) -> None:
@@ -200,18 +224,22 @@ class RedisCoordinator:
 
     # Shared copies --------------------------------------------------------------------------
     def shared_get(self, collection: str, version: str, key: str) -> bytes | None:
+        if self._skip():
+            return None
         try:
             value = self.redis.get(f"{self.prefix}:c:{collection}:{version}:{key}")
         except redis.RedisError as exc:
-            self._warn("Redis did not answer; reading from the database", exc)
+            self._failed("Redis did not answer; reading from the database", exc)
             return None
         return value if isinstance(value, bytes) else None
 
     def shared_set(self, collection: str, version: str, key: str, value: bytes) -> None:
+        if self._skip():
+            return
         try:
             self.redis.set(f"{self.prefix}:c:{collection}:{version}:{key}", value, ex=SHARED_TTL_S)
         except redis.RedisError as exc:
-            self._warn("Redis did not answer; not sharing a cached entry", exc)
+            self._failed("Redis did not answer; not sharing a cached entry", exc)
 
     # Last seen ------------------------------------------------------------------------------
     def mark_seen(self, server_id: int, ts: float) -> None:
@@ -221,9 +249,11 @@ class RedisCoordinator:
     def pending_seen(self) -> dict[int, float]:
         local = self.buffer.snapshot()
         try:
+            if self._skip():
+                raise redis.ConnectionError("not answering (retried within a second)")
             raw = self._hgetall(self._k_seen)
         except redis.RedisError as exc:
-            self._warn("Redis did not answer; showing this process's last-seen times", exc)
+            self._failed("Redis did not answer; showing this process's last-seen times", exc)
             shared = self.sql.pending_seen()
         else:
             shared = {int(k): float(v) for k, v in raw.items()}
@@ -282,13 +312,31 @@ class RedisCoordinator:
         interval_us = int(period * 1_000_000 / limit)
         tolerance_us = interval_us * (limit - 1)
         try:
+            if self._skip():
+                raise redis.ConnectionError("not answering (retried within a second)")
             wait_us = int(
                 self._gcra(keys=[f"{self.prefix}:rl:{bucket}"], args=[interval_us, tolerance_us])
             )
         except redis.RedisError as exc:
-            self._warn("Redis did not answer; not applying rate limits (fail open)", exc)
-            return 0.0
+            return self._hit_without_redis(bucket, limit, period, exc)
         return wait_us / 1_000_000
+
+    def _hit_without_redis(
+        self, bucket: str, limit: int, period: float, exc: redis.RedisError
+    ) -> float:
+        """What MONAPI_RATE_LIMIT_FALLBACK says while Redis does not answer."""
+        if self.fallback == "open":
+            self._failed("Redis did not answer; not applying rate limits (fallback open)", exc)
+            return 0.0
+        if self.fallback == "closed":
+            self._failed("Redis did not answer; refusing rate-limited requests (closed)", exc)
+            raise StoreUnavailable(
+                "rate limits are counted in Redis, which does not answer, and "
+                "MONAPI_RATE_LIMIT_FALLBACK=closed refuses what they apply to meanwhile",
+                retry_after=max(1, round(RETRY_AFTER_FAILURE_S)),
+            ) from exc
+        self._failed("Redis did not answer; counting rate limits in this process (local)", exc)
+        return self.local_limits.hit(bucket, limit, period)
 
     # Background work ------------------------------------------------------------------------
     def _ensure_threads(self) -> None:
@@ -337,6 +385,15 @@ class RedisCoordinator:
                     self.flush_seen()
             except Exception:  # pragma: no cover - keep the loop alive
                 log.exception("last-seen flush failed; will retry")
+
+    def _skip(self) -> bool:
+        """Whether a request should leave Redis alone for now (it failed a moment ago)."""
+        return time.monotonic() < self._down_until
+
+    def _failed(self, message: str, exc: Exception) -> None:
+        """A request's call to Redis failed: skip Redis for a moment, and say so (rarely)."""
+        self._down_until = time.monotonic() + RETRY_AFTER_FAILURE_S
+        self._warn(message, exc)
 
     def _warn(self, message: str, exc: Exception) -> None:
         now = time.monotonic()

@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MONAPI_"
@@ -69,6 +76,23 @@ def parse_rate(value: object) -> tuple[int, float]:
 RateLimit = Annotated[tuple[int, float], BeforeValidator(parse_rate), NoDecode]
 
 
+# Words of the placeholders people leave in example files; never in a generated random value.
+_PLACEHOLDER_WORDS = ("change", "replace", "example", "default", "secret", "password", "xxx")
+MIN_SECRET_CHARS = 32
+
+
+def weak_secret(value: str | None) -> str | None:
+    """Why a secret is not fit for production, or None."""
+    if value is None or not value.strip():
+        return "is not set"
+    if len(value) < MIN_SECRET_CHARS:
+        return f"is shorter than {MIN_SECRET_CHARS} characters"
+    lowered = value.lower()
+    if len(set(value)) < 8 or any(word in lowered for word in _PLACEHOLDER_WORDS):
+        return "looks like a placeholder, not a random value"
+    return None
+
+
 class ConfigError(Exception):
     """A setting is missing or has a value monapi cannot use; the message says how to fix it."""
 
@@ -80,6 +104,11 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, extra="forbid", validate_default=True, case_sensitive=False
     )
 
+    env: Literal["development", "production"] = Field(
+        "development",
+        description="production refuses to start unless MONAPI_SECRET_KEY and MONAPI_KEY_PEPPER "
+        "are set to strong random values (32+ characters, not placeholders, not equal)",
+    )
     data_dir: Path = Field(
         Path("data"), description="directory for the embedded databases and generated secrets"
     )
@@ -161,6 +190,11 @@ class Settings(BaseSettings):
     rate_limit_login: RateLimit = Field(
         "10/minute",  # type: ignore[assignment]  # parsed by the BeforeValidator
         description=f"dashboard log-in attempts per client address: {RATE_HELP}",
+    )
+    rate_limit_fallback: Literal["local", "open", "closed"] = Field(
+        "local",
+        description="rate limits while Redis does not answer: local = each process counts on "
+        "its own (as without Redis), open = no limits, closed = limited requests get 503",
     )
     login_max_failures: int = Field(
         5, ge=1, le=1000, description="failed log-ins in a row before a dashboard user is locked"
@@ -289,6 +323,30 @@ class Settings(BaseSettings):
             raise ValueError("expected sqlite:///PATH or postgresql://USER@HOST/DB")
         return v
 
+    @model_validator(mode="after")
+    def _production_needs_secrets(self) -> Settings:
+        if self.env != "production":
+            return self
+        secret = self.secret_key.get_secret_value() if self.secret_key else None
+        pepper = self.key_pepper.get_secret_value() if self.key_pepper else None
+        problems = [
+            f"{ENV_PREFIX}{name} {why}"
+            for name, value in (("SECRET_KEY", secret), ("KEY_PEPPER", pepper))
+            if (why := weak_secret(value)) is not None
+        ]
+        if not problems and secret == pepper:
+            problems.append(f"{ENV_PREFIX}SECRET_KEY and {ENV_PREFIX}KEY_PEPPER are the same")
+        if problems:
+            raise ValueError(
+                f"{ENV_PREFIX}ENV=production refuses to start: "
+                + "; ".join(problems)
+                + ". Set each to a random value of 32+ characters (openssl rand -hex 32), the same"
+                " on every instance; the files monapi generates in the data directory are for"
+                " development. An existing installation keeps its keys with"
+                f" {ENV_PREFIX}KEY_PEPPER set to the contents of DATA_DIR/key_pepper."
+            )
+        return self
+
     # Derived values -------------------------------------------------------------------------
     @property
     def resolved_database_url(self) -> str:
@@ -319,11 +377,14 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else "?"
+            msg = err["msg"].removeprefix("Value error, ")
+            if not err["loc"]:  # a check across settings: the message names them
+                problems.append(msg)
+                continue
+            name = str(err["loc"][0])
             env = ENV_PREFIX + name.upper()
             given = err.get("input")
             accepts = describe_field(name)
-            msg = err["msg"].removeprefix("Value error, ")
             problems.append(
                 f"{env}={given!r}: {msg}" + (f" (accepts {accepts})" if accepts else "")
             )

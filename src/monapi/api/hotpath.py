@@ -86,7 +86,10 @@ class HotPath:
             return None
         principal = Principal(record.kind, record.id, record.server_id, record.hostname)
         if self.key_limit[0] > 0:
-            wait = key_hit(record.id, self.key_limit)
+            try:
+                wait = key_hit(record.id, self.key_limit)
+            except Exception:  # nothing was counted (Redis away, fallback closed): Flask says it
+                return None
             environ[KEY_WAIT_ENVIRON] = wait  # counted once, here
             if wait > 0:
                 environ[PRINCIPAL_ENVIRON] = principal
