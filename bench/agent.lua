@@ -48,6 +48,15 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
+-- BENCH_DELAY_MS > 0: each connection waits that long after a reply before its next request
+-- (the soak's paced load); unset or 0, it sends as fast as replies come.
+local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+if delay_ms > 0 then
+  function delay()
+    return delay_ms
+  end
+end
+
 local nfields = tonumber(os.getenv("BENCH_AGENT_FIELDS") or "20")
 local measurement = os.getenv("BENCH_MEASUREMENT") or "bench"
 local headers = nil

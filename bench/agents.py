@@ -36,8 +36,12 @@ in flight).
 
 Headline (64 connections): monapi / empty >= 0.5, monapi p99 < 50 ms, monapi / baseline >= 3.
 
-**Memory soak.** A fresh monapi on a fresh InfluxDB under 64-connection agent load for
-``--soak-seconds`` (default 600); VmRSS of every gunicorn worker every 10 s. Per worker: the first
+**Memory soak** (issue 8: "10 minutes at half of the measured peak ingestion rate"). A fresh
+monapi on a fresh InfluxDB, 64 agent connections: first the peak (a 15 s closed loop), then the
+per-connection pause that gives half of it (one 8 s paced run, corrected by the response time it
+measured), then ``--soak-seconds`` (default 600) at that pace (``--soak-load full``: a closed
+loop instead); VmRSS of every gunicorn worker every 10 s, replies other than 204, socket errors,
+and monapi's log lines at warning level or worse during the soak. Per worker: the first
 sample after 1 minute (after half the run when shorter), the last, the maximum and the least
 squares slope over the last 5 minutes (the last half when shorter), in MB/min, and the growth it
 implies over that window. Goals: every worker under 100 MB at the end, and "not growing" = the
@@ -576,6 +580,56 @@ def analyse_worker(samples: list[tuple[float, float]], seconds: float) -> dict[s
     }
 
 
+PEAK_PROBE_SECONDS = 15.0  # the closed-loop run that measures the peak before a paced soak
+CALIBRATE_SECONDS = 8.0  # the paced run that finds the delay giving the target rate
+
+
+def pace(
+    wrk: str, srv: Any, keys_file: Path, connections: int, threads: int, share: float
+) -> dict[str, Any]:
+    """The peak rate (a closed loop at ``connections``), then the per-connection delay that
+    gives ``share`` of it: one paced run at the delay that ignores response time, and the delay
+    corrected by the response time that run measured."""
+    peak_run = run_wrk(wrk, srv, keys_file, connections, threads, PEAK_PROBE_SECONDS)
+    peak = peak_run["requests"] / (peak_run["duration_us"] / 1e6)
+    target = peak * share
+    cycle_ms = connections * 1000 / target  # each connection: one request per cycle
+    first = max(1, round(cycle_ms))
+    probe = run_wrk(wrk, srv, keys_file, connections, threads, CALIBRATE_SECONDS, first)
+    got = probe["requests"] / (probe["duration_us"] / 1e6)
+    response_ms = max(0.0, connections * 1000 / got - first)
+    delay = max(1, round(cycle_ms - response_ms))
+    print(
+        f"soak: peak {peak:,.0f} requests/s at {connections} connections (closed loop, "
+        f"{PEAK_PROBE_SECONDS:g} s); target {target:,.0f}; delay {first} ms gave {got:,.0f}, "
+        f"so {delay} ms",
+        flush=True,
+    )
+    return {
+        "peak_requests_per_s": round(peak, 1),
+        "peak_p99_ms": round(peak_run["latency_us"]["p99"] / 1000, 2),
+        "peak_not_204": peak_run["not_204"],
+        "share_of_peak": share,
+        "target_requests_per_s": round(target, 1),
+        "calibration": {"delay_ms": first, "requests_per_s": round(got, 1)},
+        "delay_ms": delay,
+    }
+
+
+def log_problems(log: Path) -> dict[str, int]:
+    """Lines of monapi's JSON log at warning level and above, by level (the access log's
+    4xx lines are info, 5xx warning)."""
+    counts: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            level = json.loads(line).get("level", "")
+        except ValueError:
+            continue  # gunicorn's own lines
+        if level in ("warning", "error", "critical"):
+            counts[level] = counts.get(level, 0) + 1
+    return counts
+
+
 def run_soak(
     wrk: str,
     workdir: Path,
@@ -583,9 +637,11 @@ def run_soak(
     seconds: float,
     connections: int,
     sample_every: float = SOAK_SAMPLE_SECONDS,
+    share_of_peak: float | None = 0.5,
 ) -> dict[str, Any]:
     """monapi on a fresh InfluxDB under ``connections`` agents for ``seconds``; worker VmRSS
-    every ``sample_every`` seconds."""
+    every ``sample_every`` seconds. ``share_of_peak``: the load is paced to that share of the
+    peak measured first on the same instance (None: a closed loop, as fast as it goes)."""
     threads = wrk_threads(connections, opts)
     with start_engine("influxdb", workdir / "influxdb") as url:
         eng = Engine("influxdb", url, engine_pid(workdir / "influxdb"))
@@ -595,9 +651,17 @@ def run_soak(
             _, servers = set_up(srv, 0, threads)
             keys_file = workdir / "soak_keys.txt"
             keys_file.write_text("".join(s["key"] + "\n" for s in servers))
+            paced = (
+                pace(wrk, srv, keys_file, connections, threads, share_of_peak)
+                if share_of_peak is not None
+                else None
+            )
+            delay_ms = paced["delay_ms"] if paced else 0
+            log_before = log_problems(srv.data_dir / "server.log")
             initial = worker_rss(srv)
             print(
-                f"soak: monapi {srv.base} on InfluxDB {url}, {connections} connections for "
+                f"soak: monapi {srv.base} on InfluxDB {url}, {connections} connections "
+                f"{f'paced ({delay_ms} ms between requests)' if paced else 'closed loop'} for "
                 f"{seconds:g} s, worker RSS every {sample_every:g} s (at start: "
                 f"{'/'.join(f'{v:g}' for v in initial.values())} MB)",
                 flush=True,
@@ -607,7 +671,9 @@ def run_soak(
 
             def load() -> None:
                 try:
-                    result.append(run_wrk(wrk, srv, keys_file, connections, threads, seconds))
+                    result.append(
+                        run_wrk(wrk, srv, keys_file, connections, threads, seconds, delay_ms)
+                    )
                 except BaseException as exc:
                     failure.append(exc)
 
@@ -642,6 +708,7 @@ def run_soak(
             time.sleep(0.5)
             stored = influx_field_values(url, INFLUX_DB, INFLUX_RP, t0_ns, t1_ns)
             log_tail = (srv.data_dir / "server.log").read_text(errors="replace")[-2000:]
+            log_after = log_problems(srv.data_dir / "server.log")
     ok = r["requests"] - r["not_204"]
     lo, hi = ok * AGENT_FIELDS, r["sent"] * AGENT_FIELDS
     dur = r["duration_us"] / 1e6
@@ -650,13 +717,18 @@ def run_soak(
     out = {
         "connections": connections,
         "wrk_threads": threads,
+        "paced": paced,
         "seconds": round(dur, 1),
         "sample_every_s": sample_every,
         "requests": r["requests"],
         "requests_per_s": round(r["requests"] / dur, 1) if dur > 0 else 0.0,
         "latency_ms": {k: round(v / 1000, 2) for k, v in r["latency_us"].items()},
         "not_204": r["not_204"],
+        "bad_statuses": r.get("bad_statuses", ""),
         "socket_errors": {k: r["errors"][k] for k in ("connect", "read", "write", "timeout")},
+        "log_lines_warning_or_worse": {
+            k: log_after.get(k, 0) - log_before.get(k, 0) for k in log_after
+        },
         "stored_field_values": stored,
         "expected_field_values": [lo, hi],
         "stored_matches": lo <= stored <= hi,
@@ -760,6 +832,30 @@ def soak_rows(s: dict[str, Any]) -> list[tuple[str, ...]]:
             f"{growth:+.2f} MB",
             f"< {GOALS['worker_growth_mb']:g} MB",
             _yes(s["goals_met"]["worker_growth_mb"]),
+        ),
+        *(
+            [
+                (
+                    f"  paced at {s['paced']['share_of_peak']:g} of the peak "
+                    f"({s['paced']['peak_requests_per_s']:,.0f} requests/s): target / got",
+                    f"{s['paced']['target_requests_per_s']:,.0f} / {s['requests_per_s']:,.0f}",
+                    "",
+                    "",
+                )
+            ]
+            if s.get("paced")
+            else []
+        ),
+        (
+            "  errors: non-204 / socket / log lines warning+",
+            f"{s['not_204']} / {sum(s['socket_errors'].values())} / "
+            f"{sum(s.get('log_lines_warning_or_worse', {}).values())}",
+            "0 / 0 / 0",
+            _yes(
+                s["not_204"] == 0
+                and not sum(s["socket_errors"].values())
+                and not sum(s.get("log_lines_warning_or_worse", {}).values())
+            ),
         ),
         (
             "  soak requests/s, p99 / all 204 / stored ok",

@@ -725,12 +725,16 @@ def run_wrk(
     connections: int,
     threads: int,
     seconds: float,
+    delay_ms: int = 0,
 ) -> dict[str, Any]:
+    """wrk with bench/agent.lua; ``delay_ms``: each connection waits this long after a reply
+    before its next request (0: as fast as replies come, a closed loop)."""
     env = {
         **os.environ,
         "BENCH_KEYS_FILE": str(keys_file),
         "BENCH_AGENT_FIELDS": str(AGENT_FIELDS),
         "BENCH_MEASUREMENT": MEASUREMENT,
+        "BENCH_DELAY_MS": str(delay_ms),
     }
     cmd = [
         wrk,
@@ -1094,6 +1098,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--soak-connections", type=int, default=64, help="agents in the memory soak (64)"
     )
+    ap.add_argument(
+        "--soak-load",
+        choices=("half", "full"),
+        default="half",
+        help="memory soak at half of the peak measured first (default), or a closed loop",
+    )
     ap.add_argument("--log-level", default="INFO", help="MONAPI_LOG_LEVEL of the server (INFO)")
     ap.add_argument(
         "--profile",
@@ -1280,7 +1290,12 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_soak:
                 result["soak"] = _phase_or_error(
                     lambda: agents.run_soak(
-                        wrk, tmp / "soak", a_opts, soak_s, args.soak_connections
+                        wrk,
+                        tmp / "soak",
+                        a_opts,
+                        soak_s,
+                        args.soak_connections,
+                        share_of_peak=0.5 if args.soak_load == "half" else None,
                     )
                 )
     finally:
