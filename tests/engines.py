@@ -141,10 +141,16 @@ def influxdb(workdir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def victoriametrics_process(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A throwaway single-node ``victoria-metrics``; yields its base URL and the process."""
+def victoriametrics_process(
+    workdir: Path, port: int | None = None, dedup: bool = False
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A throwaway single-node ``victoria-metrics``; yields its base URL and the process.
+
+    ``port`` and ``workdir`` again start it anew on the same address and data. ``dedup`` keeps
+    one sample per series and millisecond (``-dedup.minScrapeInterval=1ms``), so a sample sent
+    twice (a re-send after a lost answer) is stored once."""
     binary = _binary("victoria-metrics", "victoria-metrics")
-    port = free_port()
+    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     cmd = [
@@ -156,6 +162,7 @@ def victoriametrics_process(workdir: Path) -> Iterator[tuple[str, subprocess.Pop
         "-search.latencyOffset=0s",
         "-search.disableCache",
         "-loggerLevel=ERROR",
+        *(["-dedup.minScrapeInterval=1ms"] if dedup else []),
     ]
     with _process(cmd, url + "/health", workdir) as proc:
         yield url, proc
