@@ -38,6 +38,7 @@ import time
 from typing import cast
 
 import redis
+from flask import has_app_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -165,7 +166,7 @@ class RedisCoordinator:
             if now - self._reconciled_at >= self.reconcile_s or not all(
                 c in current for c in COLLECTIONS
             ):
-                current = self._reconcile(current)
+                current = self._reconcile_or_keep(current)
                 self._reconciled_at = now
         except redis.RedisError as exc:
             self._failed("Redis did not answer; reading cache versions from the database", exc)
@@ -173,6 +174,20 @@ class RedisCoordinator:
         with self._lock:
             self._snapshot, self._snapshot_at = current, now
         return current
+
+    def _reconcile_or_keep(self, current: dict[str, int]) -> dict[str, int]:
+        """:meth:`_reconcile`; while the configuration store does not answer, Redis' versions
+        stand (pushes of known keys go on) if it has all of them, and the check is made again
+        after ``reconcile_s``."""
+        try:
+            return self._reconcile(current)
+        except redis.RedisError:
+            raise
+        except Exception as exc:
+            if not all(c in current for c in COLLECTIONS):
+                raise
+            self._warn("could not check cache versions against the configuration store", exc)
+            return current
 
     def _reconcile(self, current: dict[str, int]) -> dict[str, int]:
         """Raise Redis' versions to the configuration store's where a change was not
@@ -275,10 +290,12 @@ class RedisCoordinator:
         if not batch:
             return True
         try:
+            if has_app_context() and self._skip():  # a request: leave Redis alone for now
+                raise redis.ConnectionError("not answering (retried within a second)")
             self._send_seen(batch)
         except redis.RedisError as exc:
             self.buffer.add_all(batch)
-            self._warn("could not send last-seen times to Redis; keeping them", exc)
+            self._failed("could not send last-seen times to Redis; keeping them", exc)
             return False
         return True
 
@@ -290,9 +307,11 @@ class RedisCoordinator:
             self.sql.seen.add_all(self.buffer.take())
             return self.sql.flush_seen()
         try:
+            if has_app_context() and self._skip():  # a request: leave Redis alone for now
+                raise redis.ConnectionError("not answering (retried within a second)")
             raw = self._drain(keys=[self._k_dirty])
         except redis.RedisError as exc:
-            self._warn("could not read last-seen times from Redis", exc)
+            self._failed("could not read last-seen times from Redis", exc)
             return 0
         self.sql.seen.add_all({int(raw[i]): float(raw[i + 1]) for i in range(0, len(raw), 2)})
         written = self.sql.flush_seen()
@@ -362,11 +381,14 @@ class RedisCoordinator:
             try:
                 pubsub.subscribe(self._k_changed)
                 self._snapshot_at = 0.0  # messages may have been missed while away
+                if self._reconciled_at == 0.0:  # back after a failure: announce what was not
+                    self._announce_missed()
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=1.0)
                     if msg is not None:
                         self._snapshot_at = 0.0
             except redis.RedisError:
+                self._reconciled_at = 0.0  # changes committed meanwhile did not reach Redis
                 self._stop.wait(1.0)  # reconnect; meanwhile versions are polled
             except Exception:  # pragma: no cover - never let the listener die silently
                 log.exception("Redis listener failed; restarting it")
@@ -374,6 +396,19 @@ class RedisCoordinator:
             finally:
                 with contextlib.suppress(Exception):
                     pubsub.close()
+
+    def _announce_missed(self) -> None:
+        """Redis answers again after a failure: raise its versions to the configuration
+        store's now (a change this process committed meanwhile was not announced), so that the
+        other processes do not wait for their own check."""
+        try:
+            current = {k.decode(): int(v) for k, v in self._hgetall(self._k_versions).items()}
+            self._reconcile(current)
+            self._reconciled_at = time.monotonic()
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # the configuration store: the next request tries again
+            self._warn("could not check cache versions against the configuration store", exc)
 
     def _seen_loop(self) -> None:
         last_flush = time.monotonic()
@@ -393,6 +428,7 @@ class RedisCoordinator:
     def _failed(self, message: str, exc: Exception) -> None:
         """A request's call to Redis failed: skip Redis for a moment, and say so (rarely)."""
         self._down_until = time.monotonic() + RETRY_AFTER_FAILURE_S
+        self._reconciled_at = 0.0  # changes committed meanwhile did not reach Redis
         self._warn(message, exc)
 
     def _warn(self, message: str, exc: Exception) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect as pyinspect
 import logging
 import re
 from collections.abc import Iterator
@@ -10,13 +11,14 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app, g
+from flask import Flask, Response, current_app, g
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .errors import StoreUnavailable
+from .errors import StoreUnavailable, error_response, request_id
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -24,15 +26,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("monapi.db")
 EXT = "monapi.db"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# How long a request waits for the configuration store before it is answered 503. SQLite: the
+# busy timeout, for a write while another process holds the write lock. PostgreSQL: a new
+# connection (unless the URL sets connect_timeout), and every wait for the server's answer
+# while a statement runs: a frozen server or a black-holed network would otherwise hold a
+# worker thread for ever (neither libpq nor the server bounds that), and then every thread.
+SQLITE_BUSY_TIMEOUT_S = 30.0
+PG_CONNECT_TIMEOUT_S = 5
+PG_ANSWER_TIMEOUT_S = 5.0
 
 
 def make_engine(url: str) -> Engine:
-    """An engine tuned for the backend: WAL and a busy timeout on SQLite, pre-ping on PostgreSQL."""
+    """An engine tuned for the backend: WAL and a busy timeout on SQLite, pre-ping and bounded
+    waits on PostgreSQL."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -43,7 +56,48 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if engine.dialect.driver == "psycopg":
+        bounded = _bounded_connection_class()
+
+        @event.listens_for(engine, "do_connect")
+        def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+            cparams.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
+            return bounded.connect(*cargs, **cparams) if bounded is not None else None
+
+    return engine
+
+
+@cache
+def _bounded_connection_class() -> Any:
+    """A psycopg connection whose every wait for the server ends after PG_ANSWER_TIMEOUT_S:
+    the connection is then closed (the pool replaces it) and the statement fails with
+    OperationalError. None if this psycopg cannot bound its waits (then they are not)."""
+    import psycopg
+
+    wait_timeout: type[Exception] | None = getattr(psycopg.errors, "_WaitTimeout", None)
+    parameters = pyinspect.signature(psycopg.Connection.wait).parameters
+    if wait_timeout is None or "timeout" not in parameters:
+        log.warning("psycopg %s cannot bound its waits for the database", psycopg.__version__)
+        return None
+    timed_out: type[Exception] = wait_timeout
+
+    class BoundedConnection(psycopg.Connection[Any]):
+        bounded = True  # False while migrating: a long ALTER TABLE is no fault
+
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            limit = timeout if timeout is not None or not self.bounded else PG_ANSWER_TIMEOUT_S
+            try:
+                return super().wait(gen, interval, limit)
+            except timed_out:
+                if timeout is not None:
+                    raise
+                self.close()  # mid-statement: never to be used again
+                raise psycopg.OperationalError(
+                    f"the database did not answer within {limit:g} s"
+                ) from None
+
+    return BoundedConnection
 
 
 class Database:
@@ -82,8 +136,16 @@ class Database:
 
         cfg = self.alembic_config()
         with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            raw = conn.connection.dbapi_connection
+            bounded = getattr(raw, "bounded", False)
+            try:
+                if bounded:
+                    raw.bounded = False  # type: ignore[union-attr]
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+            finally:
+                if bounded:
+                    raw.bounded = True  # type: ignore[union-attr]
 
     def current_revision(self) -> str | None:
         """The revision in ``alembic_version`` (None before the first migration)."""
@@ -114,6 +176,17 @@ def init_app(app: Flask, url: str) -> Database:
     """Attach the configuration store; sessions live for one request."""
     db = Database(url)
     app.extensions[EXT] = db
+    # The database not answering (refused, reset, timed out, locked) is a 503 with Retry-After,
+    # never a 500. The driver's own errors too: raw DBAPI connections raise them unwrapped.
+    dbapi = db.engine.dialect.loaded_dbapi
+    for unavailable in (
+        OperationalError,
+        InterfaceError,
+        PoolTimeoutError,
+        dbapi.OperationalError,
+        dbapi.InterfaceError,
+    ):
+        app.register_error_handler(unavailable, _unavailable)
 
     @app.teardown_appcontext
     def _close(_exc: BaseException | None) -> None:
@@ -122,6 +195,21 @@ def init_app(app: Flask, url: str) -> Database:
             s.close()
 
     return db
+
+
+def _unavailable(exc: Exception) -> Response:
+    """The configuration store did not answer: 503, the driver's words only in the log."""
+    log.warning(
+        "configuration store unavailable: %s",
+        str(getattr(exc, "orig", None) or exc).strip(),
+        extra={"request_id": request_id()},
+    )
+    return error_response(
+        503,
+        f"the configuration store ({get_db().backend}) is not answering; retry later",
+        code="store_unavailable",
+        headers={"Retry-After": "5"},
+    )
 
 
 def get_db() -> Database:
