@@ -269,9 +269,21 @@ def test_string_values(value: str, text: str) -> None:
     assert one(f"m s={value},n=1i 7").fields == {"s": text, "n": 1}
 
 
-def test_a_repeated_field_key_keeps_the_last_value() -> None:
-    p = one("m a=1,b=2,a=3i")
-    assert typed(p.fields) == [("a", "int", "3"), ("b", "float", "2.0")]
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("m a=1,b=2,a=3i", "a"),  # mixed types: the fast path's loop
+        ("m a=1,b=2,a=3", "a"),  # floats: the fast path's JSON decoding
+        ("m a=1i,a=2i 5", "a"),
+        ('m s="x",n=1,s="y"', "s"),  # strings: the slow path
+        (r"m a\ b=1,a\ b=2", "a b"),  # escapes: the slow path, keys compared unescaped
+        ("m b=2,a=1,b=2,a=1", "b"),  # the first key seen twice, even with the same value
+    ],
+)
+def test_a_repeated_field_key_is_an_error(line: str, key: str) -> None:
+    # Deviation: 1.x keeps the last value, silently dropping the other one the client sent.
+    assert reason(line) == f"duplicate fields: {key!r}"
+    assert reason(line.replace("m ", "m,t=a ", 1)) == f"duplicate fields: {key!r}"
 
 
 # --- values -------------------------------------------------------------------------------------
@@ -784,3 +796,60 @@ def test_fast_path_agrees_with_the_slow_path(lines: list[str]) -> None:
     fast = lpparse._parse(body, fast=True)
     slow = lpparse._parse(body, fast=False)
     assert canonical(fast) == canonical(slow)
+
+
+def assert_sane_both(body: bytes) -> None:
+    """Both paths parse the body without raising, and to the same points and errors."""
+    fast, slow = lpparse._parse(body, fast=True), lpparse._parse(body, fast=False)
+    assert canonical(fast) == canonical(slow)
+    assert_sane(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_the_slow_path_never_raises_on_bytes(body: bytes) -> None:
+    assert_sane_both(body)
+
+
+HOSTILE_VALUES = [
+    *(b"1.5", b"-0", b"1e308", b"1e309", b"NaN", b"Inf", b"-Inf", b"t", b'"\x00"'),
+    *(b"9223372036854775807i", b"9223372036854775808i", b"18446744073709551616u"),
+    b'"' + b"s" * 70_000 + b'"',
+]
+
+
+@st.composite
+def hostile_lines(draw: st.DrawFn) -> bytes:
+    """Lines with what a hostile client sends: names past the key limit, thousands of tags,
+    NULs, bytes that are not UTF-8, numbers past every range, a field twice."""
+    meas = draw(
+        st.sampled_from([b"m", b"m" * 70_000, b"m\x00x", b"\x00m", b"m\xff", b"m\xed\xa0\x80"])
+    )
+    n_tags = draw(st.sampled_from([0, 1, 2, 3000]))
+    value = draw(st.sampled_from([b"v", b"v" * 300, b"\x00", b"a\x00b", b"\xc3", b"=v"]))
+    tags = b"".join(b",t%d=%s" % (i, value) for i in range(n_tags))
+    key = draw(st.sampled_from([b"f", b"f" * 70_000, b"f\x00", b"\xff"]))
+    fields = draw(st.lists(st.sampled_from(HOSTILE_VALUES), min_size=1, max_size=3))
+    names = [key + b"%d" % (i % draw(st.sampled_from([1, 3]))) for i in range(len(fields))]
+    field_set = b",".join(k + b"=" + v for k, v in zip(names, fields, strict=True))
+    ts = draw(st.sampled_from([b"", b" 0", b" -9223372036854775808", b" " + b"9" * 30]))
+    return meas + tags + b" " + field_set + ts
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(hostile_lines(), min_size=1, max_size=3))
+def test_hostile_lines_are_points_or_reasons_on_both_paths(lines: list[bytes]) -> None:
+    body = b"ok v=1\n" + b"\n".join(lines) + b"\nok v=2\n"
+    assert_sane_both(body)
+    points, errors = parse(body)
+    # The good lines around them are kept, each bad line is one error with its line number.
+    assert [p.lineno for p in points][:1] == [1] and points[-1].lineno == len(lines) + 2
+    assert sorted({e.lineno for e in errors}) == [e.lineno for e in errors]
+    assert len(points) + len(errors) == len(lines) + 2
+
+
+def test_a_long_series_key_and_many_tags_are_reasons_not_crashes() -> None:
+    assert reason("m" * 70_000 + " v=1") == "max key length exceeded: 70000 > 65535"
+    many = "m" + "".join(f",t{i}=v" for i in range(3000))
+    assert len(one(many + " v=1").tags) == 3000  # the parser keeps them; the validator refuses
+    assert reason("m f" + "f" * 70_000 + "=1").startswith("max key length exceeded")

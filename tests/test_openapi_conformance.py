@@ -9,9 +9,16 @@ allow_header_conformance, ignored_auth (and the stateful ones, which have nothin
 here). The one adjustment is in CONFIG: five operations may also refuse schema-valid input with
 the status their business validation uses, each with its reason.
 
+Each test runs with the configuration in SQLite and in PostgreSQL (the PostgreSQL runs
+generate fewer examples: a fresh database per operation costs more there).
+
 - test_conforms_to_openapi: examples, coverage and fuzzing phases, positive and negative data,
   with the right key (admin, or a server key for /data and /agent/*), on a fresh app per
   operation that already holds servers, fields, points and an enrollment token.
+- test_conforms_statefully: sequences of calls that follow the document's OpenAPI links (a
+  server, field or enrollment token created, then read, changed, disabled, deleted...), on a
+  fresh app per sequence, with the same checks plus the stateful ones (a created resource can
+  be read; a deleted one is gone).
 - test_refuses_missing_and_wrong_keys: valid requests with no key or a wrong one: 401 or 403,
   as documented.
 - test_too_large_bodies_answer_as_documented: the 413 of every operation with a body.
@@ -22,17 +29,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import schemathesis
 from flask import Flask
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
@@ -41,12 +48,19 @@ from monapi.app import shutdown
 from monapi.bootstrap import initialize
 from monapi.settings import load_settings
 
+from . import engines
 from .conftest import bearer, make_app, push, register_server
 
 SPEC_PATH = "/api/v1/openapi.json"
 # Fixed, so that a failure reproduces; FUZZ_SEED=<n> and FUZZ_EXAMPLES=<n> explore further.
 SEED = int(os.environ.get("FUZZ_SEED", "20240601"))
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+# The PostgreSQL runs: every operation (and every stateful sequence) gets a database of its own.
+PG_MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES_PG", "15"))
+# Stateful: sequences per run, and calls per sequence at most.
+STATEFUL_SEQUENCES = int(os.environ.get("FUZZ_SEQUENCES", "25"))
+PG_STATEFUL_SEQUENCES = int(os.environ.get("FUZZ_SEQUENCES_PG", "12"))
+STATEFUL_STEPS = int(os.environ.get("FUZZ_STEPS", "8"))
 
 # positive_data_acceptance: a request valid by the schema must not be refused, except with these
 # statuses (schemathesis' default list) ...
@@ -64,35 +78,40 @@ def _also_refused_with(method: str, path: str, status: str) -> dict[str, Any]:
     }
 
 
-CONFIG = schemathesis.Config.from_dict(
-    {
-        "seed": SEED,
-        "generation": {
-            "mode": "all",
-            "max-examples": MAX_EXAMPLES,
-            "database": "none",
-            # Keys are set by the test (below), never generated.
-            "with-security-parameters": False,
-        },
-        "operations": [
-            # Values are checked against the field configuration (unknown fields, types, min/max)
-            # and the timestamp window; a point refused for that is a 422 (nothing stored).
-            _also_refused_with("POST", "/api/v1/data", "422"),
-            # fields= must name configured fields; end must follow start; range and step limits.
-            _also_refused_with("GET", "/api/v1/servers/{server_id}/metrics", "400"),
-            # min <= max, and no bounds on bool/string fields: across properties of the body.
-            _also_refused_with("POST", "/api/v1/fields", "422"),
-            # The same, against the field as stored (its type and its other bound).
-            _also_refused_with("PATCH", "/api/v1/fields/{id}", "422"),
-            # expires_in must lie between 1 second and 10 years, also when written as text (30d).
-            _also_refused_with("POST", "/api/v1/enrollment-tokens", "422"),
-            # The body is line protocol, which JSON Schema cannot describe: text that does not
-            # parse, or lines the field configuration refuses, are InfluxDB's 400.
-            _also_refused_with("POST", "/write", "400"),
-            _also_refused_with("POST", "/api/v2/write", "400"),
-        ],
-    }
-)
+def _config(max_examples: int) -> schemathesis.Config:
+    return schemathesis.Config.from_dict(
+        {**_CONFIG, "generation": {**_GENERATION, "max-examples": max_examples}}
+    )
+
+
+_GENERATION = {
+    "mode": "all",
+    "database": "none",
+    # Keys are set by the test (below), never generated.
+    "with-security-parameters": False,
+}
+_CONFIG: dict[str, Any] = {
+    "seed": SEED,
+    "operations": [
+        # Values are checked against the field configuration (unknown fields, types, min/max)
+        # and the timestamp window; a point refused for that is a 422 (nothing stored).
+        _also_refused_with("POST", "/api/v1/data", "422"),
+        # fields= must name configured fields; end must follow start; range and step limits.
+        _also_refused_with("GET", "/api/v1/servers/{server_id}/metrics", "400"),
+        # min <= max, and no bounds on bool/string fields: across properties of the body.
+        _also_refused_with("POST", "/api/v1/fields", "422"),
+        # The same, against the field as stored (its type and its other bound).
+        _also_refused_with("PATCH", "/api/v1/fields/{id}", "422"),
+        # expires_in must lie between 1 second and 10 years, also when written as text (30d).
+        _also_refused_with("POST", "/api/v1/enrollment-tokens", "422"),
+        # The body is line protocol, which JSON Schema cannot describe: text that does not
+        # parse, or lines the field configuration refuses, are InfluxDB's 400.
+        _also_refused_with("POST", "/write", "400"),
+        _also_refused_with("POST", "/api/v2/write", "400"),
+    ],
+}
+CONFIG = _config(MAX_EXAMPLES)
+PG_CONFIG = _config(PG_MAX_EXAMPLES)
 
 
 @contextmanager
@@ -121,7 +140,7 @@ AUTH_CONFIG = schemathesis.Config.from_dict(
 )
 
 
-def _load_schemas() -> tuple[OpenApiSchema, OpenApiSchema]:
+def _load_schemas(*configs: schemathesis.Config) -> list[OpenApiSchema]:
     """The spec as the app serves it. It does not depend on data, so a throwaway app (built at
     collection, outside the fixtures) serves it; every test then runs against its own app."""
     with tempfile.TemporaryDirectory() as tmp, _without_monapi_env():
@@ -129,15 +148,15 @@ def _load_schemas() -> tuple[OpenApiSchema, OpenApiSchema]:
         initialize(load_settings(overrides))
         app = create_app(overrides)
         try:
-            return (
-                schemathesis.openapi.from_wsgi(SPEC_PATH, app, config=CONFIG),
-                schemathesis.openapi.from_wsgi(SPEC_PATH, app, config=AUTH_CONFIG),
-            )
+            return [schemathesis.openapi.from_wsgi(SPEC_PATH, app, config=c) for c in configs]
         finally:
             shutdown(app)
 
 
-schema, auth_schema = _load_schemas()
+# The stateful schema has no hook: its path parameters come from the links.
+schema, pg_schema, stateful_schema, auth_schema = _load_schemas(
+    CONFIG, PG_CONFIG, CONFIG, AUTH_CONFIG
+)
 
 
 @dataclass
@@ -226,6 +245,7 @@ def world(app_and_token: tuple[Flask, str]) -> Iterator[World]:
 
 
 @schema.hook
+@pg_schema.hook
 def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> Any:
     """Often point path parameters at rows that exist (random ids would almost never)."""
     world = _current
@@ -246,14 +266,143 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> An
     return st.sampled_from(choices)
 
 
+_UNHEALTHY = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+
+
 @schema.parametrize()
-@settings(
-    max_examples=MAX_EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=_UNHEALTHY)
 def test_conforms_to_openapi(case: Any, world: World) -> None:
     case.call_and_validate(app=world.app, headers=bearer(world.key_for(case)))
+
+
+@pg_schema.parametrize()
+@settings(max_examples=PG_MAX_EXAMPLES, deadline=None, suppress_health_check=_UNHEALTHY)
+@pytest.mark.parametrize("config_store", ["postgresql"], indirect=True)
+def test_conforms_to_openapi_on_postgresql(case: Any, world: World) -> None:
+    case.call_and_validate(app=world.app, headers=bearer(world.key_for(case)))
+
+
+# --- stateful -----------------------------------------------------------------------------------
+
+
+def _fresh_world(data_dir: Path, **overrides: Any) -> tuple[World, Callable[[], None]]:
+    """A populated app of its own (not left to the autouse shutdown: one per sequence), and
+    what closes it."""
+    settings_ = {
+        "data_dir": data_dir,
+        "log_level": "WARNING",
+        "rate_limit_server": "0",
+        "rate_limit_register": "0",
+        **overrides,
+    }
+    token = initialize(load_settings(settings_))
+    assert token is not None
+    app = create_app({**settings_, "TESTING": True})
+    try:
+        return _populate(app, token), lambda: shutdown(app)
+    except BaseException:
+        shutdown(app)
+        raise
+
+
+@dataclass
+class Step:
+    operation: str  # e.g. "GET /api/v1/servers/{server_id}"
+    link: str | None  # the link followed to get here, if its values were used:
+    # "POST /api/v1/servers -> [201] GetServer -> GET /api/v1/servers/{server_id}"
+    status: int
+
+
+class _Sequences(stateful_schema.as_state_machine()):  # type: ignore[misc]
+    """Calls along the document's links, on a fresh world per sequence (see the test)."""
+
+    new_world: ClassVar[Callable[[], tuple[World, Callable[[], None]]]]
+    steps: ClassVar[list[Step]]
+
+    def setup(self) -> None:
+        self.world, self.close = type(self).new_world()
+
+    def teardown(self) -> None:
+        self.close()
+
+    def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+        return {"app": self.world.app, "headers": bearer(self.world.key_for(case))}
+
+    def validate_response(
+        self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any
+    ) -> None:
+        # As call_and_validate does: the key is the test's (explicit), so ignored_auth probes
+        # the operation without it instead of taking it for generated.
+        case.validate_response(
+            response,
+            additional_checks=additional_checks,
+            headers=kwargs["headers"],
+            transport_kwargs=kwargs,
+            recorder=self.recorder,
+        )
+
+    def step(self, input: Any) -> Any:
+        output = super().step(input)
+        link = input.transition.id if input.transition is not None and input.is_applied else None
+        self.steps.append(Step(input.case.operation.label, link, output.response.status_code))
+        return output
+
+
+# The operations whose links (monapi.api.spec.LINKS) a run is to follow to a 2xx.
+CREATES = {"POST /api/v1/servers", "POST /api/v1/fields", "POST /api/v1/enrollment-tokens"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_conforms_statefully(store: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Sequences that create a server, a field or an enrollment token and then follow the links
+    from it (read, change, disable, rotate the key, delete, read again...): no 5xx, every answer
+    as documented, a created resource can be read and a deleted one is gone."""
+    made = iter(range(10**6))
+    pg: engines.PostgresDatabases | None = (
+        request.getfixturevalue("pg_databases") if store == "postgresql" else None
+    )
+
+    def new_world() -> tuple[World, Callable[[], None]]:
+        data_dir = tmp_path / f"world-{next(made)}"
+        if pg is None:
+            return _fresh_world(data_dir)
+        url = pg.new()
+        try:
+            world, close = _fresh_world(data_dir, database_url=url)
+        except BaseException:
+            pg.drop(url)
+            raise
+
+        def close_and_drop() -> None:
+            try:
+                close()
+            finally:
+                pg.drop(url)
+
+        return world, close_and_drop
+
+    steps: list[Step] = []
+    machine: Any = type(
+        "Sequences", (_Sequences,), {"new_world": staticmethod(new_world), "steps": steps}
+    )
+    machine.run(
+        settings=settings(
+            max_examples=STATEFUL_SEQUENCES if pg is None else PG_STATEFUL_SEQUENCES,
+            stateful_step_count=STATEFUL_STEPS,
+            deadline=None,
+            database=None,
+            derandomize="FUZZ_SEED" not in os.environ,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    assert not [s for s in steps if s.status >= 500]
+    followed = {s.link for s in steps if s.link and 200 <= s.status < 300}
+    # The run did follow links: from creates (a short run may miss one of the three), and to a
+    # delete (then the resource is gone).
+    assert len({link.split(" -> ")[0] for link in followed} & CREATES) >= 2, sorted(followed)
+    assert any(link.split(" -> ")[-1].startswith("DELETE ") for link in followed)
 
 
 # Who may call what (the @requires of each view), written out; health checks are public.
@@ -291,17 +440,35 @@ class AuthWorld:
     # world.other_server_key is the key of server 2, disabled
 
 
-@pytest.fixture
-def auth_world(world: World) -> AuthWorld:
-    client, admin = world.client, world.admin
-    r = client.post("/api/v1/enrollment-tokens", json={}, headers=bearer(admin))
-    assert r.status_code == 201, r.get_json()
-    revoked = r.get_json()
-    r = client.delete(f"/api/v1/enrollment-tokens/{revoked['id']}", headers=bearer(admin))
-    assert r.status_code == 200, r.get_json()
-    r = client.post("/api/v1/servers/2/disable", headers=bearer(admin))
-    assert r.status_code == 200, r.get_json()
-    return AuthWorld(world, revoked["token"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def auth_world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AuthWorld]:
+    """One world per configuration store for every operation: the test's requests are all
+    refused, so none of them changes it (one that got through would fail the test anyway)."""
+    pg: engines.PostgresDatabases | None = None
+    overrides: dict[str, Any] = {}
+    if request.param == "postgresql":
+        pg = request.getfixturevalue("pg_databases")
+        overrides["database_url"] = pg.new()
+    try:
+        with _without_monapi_env():
+            world, close = _fresh_world(tmp_path_factory.mktemp("auth"), **overrides)
+        try:
+            client, admin = world.client, world.admin
+            r = client.post("/api/v1/enrollment-tokens", json={}, headers=bearer(admin))
+            assert r.status_code == 201, r.get_json()
+            revoked = r.get_json()
+            r = client.delete(f"/api/v1/enrollment-tokens/{revoked['id']}", headers=bearer(admin))
+            assert r.status_code == 200, r.get_json()
+            r = client.post("/api/v1/servers/2/disable", headers=bearer(admin))
+            assert r.status_code == 200, r.get_json()
+            yield AuthWorld(world, revoked["token"])
+        finally:
+            close()
+    finally:
+        if pg is not None:
+            pg.drop(overrides["database_url"])
 
 
 def _refused(aw: AuthWorld, case: Any) -> list[tuple[str, dict[str, str], int]]:
@@ -329,11 +496,7 @@ def _refused(aw: AuthWorld, case: Any) -> list[tuple[str, dict[str, str], int]]:
 
 
 @auth_schema.exclude(path_regex="^/(healthz|readyz|ping)$").parametrize()
-@settings(
-    max_examples=5,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(max_examples=5, deadline=None, suppress_health_check=_UNHEALTHY)
 def test_refuses_missing_and_wrong_keys(case: Any, auth_world: AuthWorld) -> None:
     for what, headers, status in _refused(auth_world, case):
         resp = case.call_and_validate(app=auth_world.world.app, headers=headers)
@@ -399,22 +562,33 @@ FOUND = [
     ("GET", "/api/v1/servers/1/metrics", None, 200),
     # 400 "not valid JSON" for a body that is JSON (null)
     ("POST", "/api/v1/servers", "null", 422),
+    # 500 on PostgreSQL, which can neither store nor compare text with NUL (SQLite can)
+    ("GET", "/api/v1/servers?hostname=%00", None, 422),
+    ("GET", "/api/v1/fields?measurement=a%00", None, 422),
+    ("POST", "/api/v1/agent/heartbeat", r'{"agent_version": "1\u0000", "uptime": 100}', 422),
+    ("PATCH", "/api/v1/servers/1", r'{"description": "\u0000"}', 422),
+    ("PATCH", "/api/v1/fields/1", r'{"unit": "%\u0000"}', 422),
+    ("POST", "/api/v1/enrollment-tokens", r'{"name": "\u0000"}', 422),
 ]
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status"), FOUND)
+@pytest.mark.parametrize("config_store", ["sqlite", "postgresql"], indirect=True)
 def test_found_by_the_run(
     world: World, method: str, path: str, body: str | None, status: int
 ) -> None:
+    key = world.server_key if takes_server_key(path) else world.admin
     resp = world.client.open(
         path,
         method=method,
         data=body,
-        headers={**bearer(world.admin), "Content-Type": "application/json"},
+        headers={**bearer(key), "Content-Type": "application/json"},
     )
     assert resp.status_code == status, resp.get_json()
-    documented = path.replace("/servers/1", "/servers/{server_id}").replace(
-        "/fields/1", "/fields/{id}"
+    documented = (
+        path.partition("?")[0]
+        .replace("/servers/1", "/servers/{server_id}")
+        .replace("/fields/1", "/fields/{id}")
     )
     if documented in schema.raw_schema["paths"]:
         operation = schema[documented][method]

@@ -27,7 +27,9 @@ error message stays the exact path's. Tests check that both give the same stored
   bounds), so that the same checks run in C; tags are kept as JSON text and validated once per
   distinct text; the fields of the whole batch are written as line protocol by one msgspec
   encode, their punctuation swapped as ``lineprotocol`` does per point (the fields of a line
-  come in the struct's order rather than the body's: the same point for InfluxDB).
+  come in the struct's order rather than the body's: the same point for InfluxDB). A key given
+  twice in one object is read as its last value: the body's ':' are counted against the keys
+  read (one each), and any difference takes the exact path, which refuses a repeated key.
 
 The generated types are cached per field configuration (the registry hands out the same specs
 object until the configuration version moves).
@@ -65,6 +67,10 @@ _fields_of = attrgetter("fields")
 _timestamp_of = attrgetter("timestamp")
 _tags_of = attrgetter("tags")
 _decode_tags = msgspec.json.Decoder(dict[str, str]).decode
+# The tags of a JSON point without "tags": a text no body gives (a value has no space before it),
+# so that the keys of a body can be counted (see json_batch).
+_NO_TAGS_TEXT = b" {}"
+_NO_TAGS = msgspec.Raw(_NO_TAGS_TEXT)
 
 FieldCheck = Callable[[str], bool]
 
@@ -146,7 +152,7 @@ class FastConfig:
             [
                 ("fields", as_struct),
                 ("timestamp", int | None, None),
-                ("tags", msgspec.Raw, msgspec.Raw(b"{}")),  # decoded once per distinct text
+                ("tags", msgspec.Raw, _NO_TAGS),  # decoded once per distinct text
             ],
             tag_field="measurement",
             tag=meas,
@@ -324,7 +330,7 @@ def line_protocol(
         except msgspec.MsgspecError:
             return None
         # Every '=' separates one field: fewer fields means a repeated one (InfluxDB would get
-        # both, the exact path keeps the last).
+        # both, the exact path refuses the line).
         if len(dicts) != len(sets) or sum(map(len, dicts)) != joined.count(b"="):
             return None
         if not cfg.fields_ok(m, dicts):
@@ -363,7 +369,7 @@ def json_batch(
         return None
     try:
         points = cfg.json_decoder.decode(body).points
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
         return None
     n = len(points)
     if not n or n > max_points:
@@ -389,12 +395,14 @@ def json_batch(
     else:
         keys = list(zip(kinds, map(bytes, raw_tags), strict=True))
     meas_of = {m.json_point: m.name for m in cfg.measurements.values()}
+    tag_count: dict[bytes, int] = {}  # tags text -> its tags
 
     def series(key: tuple[type, bytes]) -> tuple[str, Tags] | None:
         try:
             tags = _decode_tags(key[1])  # as PointIn has them (the last of a repeated key)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
             return None
+        tag_count[key[1]] = len(tags)
         return meas_of[key[0]], tuple(tags.items())
 
     prefixes = _prefixes(dict.fromkeys(keys), series, validator, ident)
@@ -405,6 +413,21 @@ def json_batch(
     # point without fields shows as {}. The order of the fields is the struct's.
     encoded = msgspec.json.encode(fields)
     if b"{}" in encoded:
+        return None
+    # A key written twice is read as its last value, which the exact path refuses. Each key of
+    # the body is followed by a ':': as many ':' as keys read (points; measurement, fields,
+    # timestamp, tags; each field and tag) means none was repeated.
+    texts = [k[1] for k in keys]
+    per_key = 1 if len(keys) > 1 else n
+    keys_read = (
+        1
+        + 3 * n
+        - raw_ts.count(None)
+        + per_key * (len(texts) - texts.count(_NO_TAGS_TEXT))
+        + per_key * sum(map(tag_count.__getitem__, texts))
+        + encoded.count(b":")
+    )
+    if body.count(b":") != keys_read:
         return None
     encoded = encoded.translate(_JSON_TO_LP, b'"')
     sets = encoded[2:-2].split(b"},{")

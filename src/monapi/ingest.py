@@ -7,6 +7,7 @@ reported with the point's index. Valid points of the same request are stored.
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import re
 import sys
@@ -18,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from .errors import ApiError
 from .fields import (
@@ -54,7 +56,8 @@ RawValue = bool | int | float | str
 
 class PointIn(msgspec.Struct, forbid_unknown_fields=True):
     fields: dict[str, RawValue]
-    measurement: str = "system"
+    # UNSET when absent (the validator reads it as "system"): the key count needs to know.
+    measurement: str | UnsetType = UNSET
     timestamp: str | int | float | None = None
     tags: dict[str, str] = {}
 
@@ -64,7 +67,7 @@ class BodyIn(msgspec.Struct, forbid_unknown_fields=True):
 
     points: list[PointIn] | None = None
     fields: dict[str, RawValue] | None = None
-    measurement: str = "system"
+    measurement: str | UnsetType = UNSET
     timestamp: str | int | float | None = None
     tags: dict[str, str] = {}
 
@@ -131,11 +134,20 @@ def read_body(raw: bytes, encoding: str | None, max_decompressed: int) -> bytes:
         )
     if not d.eof:
         raise ApiError(400, "body is not valid gzip: truncated stream", code="invalid_gzip")
+    if d.unused_data.strip(b"\0"):  # zero padding aside, as gzip itself allows
+        # Another gzip member (or junk): reading only the first would drop the rest silently.
+        raise ApiError(
+            400,
+            f"body is not valid gzip: {len(d.unused_data)} bytes after the end of the gzip"
+            " stream (send the body as one gzip stream)",
+            code="invalid_gzip",
+        )
     return out
 
 
 def decode_points(body: bytes, max_points: int) -> list[PointIn] | list[Any]:
-    """Decode a JSON body into points. Raises 400 for malformed JSON, 413 for too many points.
+    """Decode a JSON body into points. Raises 400 for malformed JSON (a key twice in one object
+    included), 413 for too many points.
 
     Returns strict ``PointIn`` objects when every point has the right JSON types; otherwise the
     raw per-point objects, which the validator then reports on one by one.
@@ -146,8 +158,13 @@ def decode_points(body: bytes, max_points: int) -> list[PointIn] | list[Any]:
         parsed = _strict.decode(body)
     except msgspec.ValidationError as exc:
         return _decode_loose(body, max_points, str(exc))
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise _not_json(exc, body) from None
+    colons = body.count(b":")
+    if colons > (keys := _keys_at_least(parsed)) and (
+        b"\\" in body or colons > keys + _colons_in_strings(parsed)
+    ):  # else no key can be repeated (see _keys_at_least)
+        refuse_duplicate_keys(body)
     if parsed.points is not None:
         if parsed.fields is not None:
             raise ApiError(400, 'send either one point or {"points": [...]}, not both')
@@ -169,11 +186,119 @@ def decode_points(body: bytes, max_points: int) -> list[PointIn] | list[Any]:
     return points
 
 
+def _not_json(exc: Exception, body: bytes) -> ApiError:
+    """The 400 for a body that does not decode, saying what is wrong and where."""
+    if isinstance(exc, RecursionError):
+        reason = "arrays or objects nested too deeply"
+    elif isinstance(exc, UnicodeDecodeError):
+        try:  # the decoder's position is within the string it was reading
+            body.decode()
+            where = ""
+        except UnicodeDecodeError as whole:
+            where = f" at byte {whole.start}"
+        reason = f"invalid UTF-8{where}"
+    else:
+        reason = str(exc)
+    return ApiError(400, f"body is not valid JSON: {reason}", code="invalid_json")
+
+
+def _keys_at_least(parsed: BodyIn) -> int:
+    """How many keys the body has at least, without counting a repeated key twice (a key that
+    is there but cannot be told from its absence is not counted). Every key of a JSON text is
+    followed by a ':', so a body with no more ':' than this has no repeated key."""
+    keys = 0 if parsed.points is None else 1
+    points: list[PointIn] | tuple[BodyIn] = (
+        parsed.points if parsed.points is not None else (parsed,)
+    )
+    for p in points:  # a loop is faster here than map() and count()
+        tags = p.tags
+        keys += (p.measurement is not UNSET) + (p.timestamp is not None) + (len(tags) > 0)
+        keys += len(tags)
+        if p.fields is not None:
+            keys += 1 + len(p.fields)
+    return keys
+
+
+def _colons_in_strings(parsed: BodyIn) -> int:
+    """The ':' in the keys and strings of :func:`_keys_at_least`'s count, as decoded: as in the
+    body when it has no backslash (no escapes). RFC 3339 timestamps have two each."""
+    n = 0
+    points: list[PointIn] | tuple[BodyIn] = (
+        parsed.points if parsed.points is not None else (parsed,)
+    )
+    for p in points:
+        if isinstance(p.timestamp, str):
+            n += p.timestamp.count(":")
+        if p.measurement is not UNSET:
+            n += p.measurement.count(":")
+        for k, v in p.tags.items():
+            n += k.count(":") + v.count(":")
+        for k, value in (p.fields or {}).items():
+            n += k.count(":") + (value.count(":") if type(value) is str else 0)
+    return n
+
+
+class _Keys(dict[str, Any]):
+    """A decoded JSON object that had a key twice (the first one repeated)."""
+
+    repeated: str | None = None
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = _Keys(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        obj.repeated = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    return obj
+
+
+def repeated_key(body: bytes | str) -> tuple[str, str] | None:
+    """Where a JSON text has the same key twice in one object (``body.points[3].fields``) and
+    which key, or None. JSON decoders keep the last value silently; this API refuses it."""
+    if ":" not in body if isinstance(body, str) else b":" not in body:
+        return None
+    try:
+        obj = json.loads(
+            body,
+            object_pairs_hook=_object,
+            parse_float=len,  # the values do not matter, and are not converted
+            parse_int=len,
+            parse_constant=len,
+        )
+    except (ValueError, RecursionError):
+        return None  # not JSON: the decoder says so
+    stack: list[tuple[str, Any]] = [("body", obj)]
+    while stack:  # depth first, in the order of the text
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            if isinstance(value, _Keys) and value.repeated is not None:
+                return where, value.repeated
+            stack.extend((f"{where}.{k}", v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def refuse_duplicate_keys(body: bytes) -> None:
+    """Raise the 400 for a body with a key twice in one object (see :func:`repeated_key`)."""
+    found = repeated_key(body)
+    if found is not None:
+        where, key = found
+        reason = f"the key {key[:80]!r} appears more than once"
+        raise ApiError(
+            400,
+            f"body is not valid JSON for this API: {where}: {reason}",
+            code="duplicate_key",
+            details=[{"location": where, "reason": reason}],
+        )
+
+
 def _decode_loose(body: bytes, max_points: int, strict_error: str) -> list[Any]:
     try:
         obj = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise _not_json(exc, body) from None
+    refuse_duplicate_keys(body)
     if not isinstance(obj, dict):
         raise ApiError(
             422,
@@ -198,6 +323,14 @@ def _decode_loose(body: bytes, max_points: int, strict_error: str) -> list[Any]:
     return points
 
 
+# RFC 3339 date-time (section 5.6; a space for the T, as its note allows), the offset optional
+# here so that its absence gets its own message.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
+
+
 def parse_timestamp(value: object, now_ns: int) -> int:
     """RFC 3339 or epoch seconds / ms / us / ns (told apart by size) to nanoseconds."""
     if value is None:
@@ -216,8 +349,12 @@ def parse_timestamp(value: object, now_ns: int) -> int:
             return int(value * 1_000)
         return int(value)
     if isinstance(value, str):
+        # fromisoformat alone takes any ISO 8601 form, and any character between date and time.
+        m = _RFC3339.fullmatch(value)
         try:
-            dt = datetime.fromisoformat(value)
+            if m is None:
+                raise ValueError
+            dt = datetime.fromisoformat(value.upper())
         except ValueError:
             raise ValueError(f"timestamp {value[:40]!r} is not RFC 3339") from None
         if dt.tzinfo is None:
@@ -347,7 +484,8 @@ class Validator:
         for i, p in enumerate(points):
             ns_given = line = False
             if isinstance(p, PointIn):
-                meas, raw_fields, raw_ts, raw_tags = p.measurement, p.fields, p.timestamp, p.tags
+                meas = "system" if p.measurement is UNSET else p.measurement
+                raw_fields, raw_ts, raw_tags = p.fields, p.timestamp, p.tags
             elif type(p) is ParsedLine:
                 # Line protocol: the caller has put the timestamp in nanoseconds already.
                 meas, raw_fields, raw_ts, raw_tags = p.measurement, p.fields, p.timestamp, p.tags

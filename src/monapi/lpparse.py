@@ -36,8 +36,9 @@ Names
     Tag keys and values must not be empty. A tag key cannot start with ``=``; a tag value may (a
     1.x quirk, kept); a later unescaped ``=`` in a tag value is "invalid tag format". A repeated
     tag key is "duplicate tags". Measurement plus tags may not exceed 65535 bytes, nor that plus 4
-    plus any field key (``MaxKeyLength``). Field keys may repeat and the last value wins (1.x keeps
-    them all in the point; ``Point.Fields()`` builds a map, where the last one wins).
+    plus any field key (``MaxKeyLength``). Deviation: a repeated field key is "duplicate fields"
+    (1.x keeps both values in the point, and the last one wins where it is stored: a value the
+    client sent would be dropped without a word).
 
 Field values
     - float: ``-?(digits[.digits?] | .digits)([eE][+-]?digits)?``, e.g. ``1``, ``-1.5``, ``.5``,
@@ -62,12 +63,13 @@ check (``MinInt64 + 2 .. MaxInt64 - 1`` ns) are the caller's. Only spaces may fo
 Errors
     Reasons use 1.x's words, with the field or tag concerned: "missing measurement", "missing
     fields", "missing tag key", "missing tag value", "invalid tag format", "duplicate tags",
-    "max key length exceeded", "missing field key", "missing field value", "unbalanced quotes",
-    "invalid field format", "invalid number", "invalid boolean", "value out of range" (1.x:
-    "invalid float" or "unable to parse integer ...: value out of range"), "invalid timestamp"
-    (1.x: "bad timestamp" or a strconv error), "unexpected text after the timestamp" (1.x: "point
-    is invalid"), and "invalid UTF-8": bytes that are not UTF-8 make the point they are in an
-    error, the other points of the body are still parsed (1.x does not check UTF-8 here).
+    "duplicate fields" (not in 1.x), "max key length exceeded", "missing field key", "missing
+    field value", "unbalanced quotes", "invalid field format", "invalid number", "invalid
+    boolean", "value out of range" (1.x: "invalid float" or "unable to parse integer ...: value
+    out of range"), "invalid timestamp" (1.x: "bad timestamp" or a strconv error), "unexpected
+    text after the timestamp" (1.x: "point is invalid"), and "invalid UTF-8": bytes that are not
+    UTF-8 make the point they are in an error, the other points of the body are still parsed
+    (1.x does not check UTF-8 here).
 
 Not checked here, as in the 1.x parser: the shard-level rules (a tag or field named ``time``,
 field type conflicts, ``validate-keys``).
@@ -406,7 +408,8 @@ def _fast_fields(
                     fields = None
         except msgspec.MsgspecError:
             fields = None
-        if fields is not None and not (empty_key and "" in fields):
+        # Each '=' separates one field (no escapes, no strings): fewer fields is a repeated key.
+        if fields is not None and not (empty_key and "" in fields) and len(fields) == fs.count("="):
             return fields
 
     # Mixed types: one value at a time.
@@ -450,6 +453,8 @@ def _fast_fields(
             if b is None:
                 return None
             value = b
+        if k in mixed:
+            return None  # a repeated key: the slow path says so
         mixed[k] = value
     return mixed
 
@@ -544,6 +549,7 @@ def _slow_fields(s: str, i: int, key_bytes: int) -> tuple[dict[str, FieldValue],
         return "missing fields"
     fields: dict[str, FieldValue] = {}
     comma_in_key = False
+    repeated = None
     while True:
         m = _NAME_END.search(s, i)  # _scan(s, i, _NAME_END), inlined for the common case
         k_end = n if m is None else m.start()
@@ -606,6 +612,8 @@ def _slow_fields(s: str, i: int, key_bytes: int) -> tuple[dict[str, FieldValue],
                 if b is None:
                     return f"invalid boolean: field {_show(name)}"
                 value = b
+        if repeated is None and name in fields:
+            repeated = name
         fields[name] = value
         if e == n or s[e] == " ":
             i = e
@@ -613,6 +621,8 @@ def _slow_fields(s: str, i: int, key_bytes: int) -> tuple[dict[str, FieldValue],
         i = e + 1
     if comma_in_key:
         return "invalid field format: a field key contains an unescaped comma"
+    if repeated is not None:  # Deviation (see the module docstring)
+        return f"duplicate fields: {_show(repeated)}"
 
     # Timestamp (1.x scanTime, then parsePoint).
     while i < n and s[i] in " \t\x00":

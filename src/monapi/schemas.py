@@ -50,6 +50,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+def _no_nul(v: str) -> str:
+    if "\x00" in v:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    return v
+
+
+Text = Annotated[str, AfterValidator(_no_nul), Field(json_schema_extra={"pattern": r"^[^\x00]*$"})]
+"""Free text: anything but NUL, which PostgreSQL can neither store nor compare (SQLite can)."""
+
+
 def check_hostname(v: str) -> str:
     """RFC 1123 host name (underscores tolerated), lower-cased; surrounding ASCII white space
     and trailing dots are dropped. Exactly what ``HOSTNAME_PATTERN`` describes."""
@@ -155,7 +165,7 @@ class ServerCreate(Strict):
     ip_address: IPAddress
     labels: Labels = Field(default_factory=dict, examples=[{"role": "web"}])
     interval: Interval | None = Field(None, description="push interval in seconds")
-    description: str = Field("", max_length=2000)
+    description: Text = Field("", max_length=2000)
 
 
 class LegacyRegister(Strict):
@@ -165,7 +175,7 @@ class LegacyRegister(Strict):
 
 class ServerUpdate(Strict):
     labels: Labels | None = None
-    description: str | None = Field(None, max_length=2000)
+    description: Text | None = Field(None, max_length=2000)
     interval: Interval | None = None
 
 
@@ -187,7 +197,7 @@ class ServerListQuery(Strict):
     model_config = ConfigDict(strict=False, extra="forbid")
     page: int = Field(1, ge=1, le=1_000_000)
     per_page: int = Field(20, ge=1, le=100)
-    hostname: str | None = Field(None, max_length=253, description="substring of the hostname")
+    hostname: Text | None = Field(None, max_length=253, description="substring of the hostname")
     label: list[KeyValue] = Field(default_factory=list, description="key=value; repeat to AND")
     status: Literal["online", "offline", "never_seen"] | None = None
 
@@ -265,8 +275,8 @@ class FieldCreate(Strict):
         json_schema_extra={"pattern": FIELD_NAME_RE.pattern},
     )
     type: Literal["float", "int", "bool", "string"]
-    unit: str = Field("", max_length=32)
-    description: str = Field("", max_length=2000)
+    unit: Text = Field("", max_length=32)
+    description: Text = Field("", max_length=2000)
     min: Bound | None = Field(None, description="numeric fields only; at most max")
     max: Bound | None = Field(None, description="numeric fields only; at least min")
     enabled: bool = True
@@ -303,8 +313,8 @@ def check_bounds(ftype: str, lo: float | None, hi: float | None) -> None:
 
 
 class FieldUpdate(Strict):
-    unit: str | None = Field(None, max_length=32)
-    description: str | None = Field(None, max_length=2000)
+    unit: Text | None = Field(None, max_length=32)
+    description: Text | None = Field(None, max_length=2000)
     min: Bound | None = Field(None, description="numeric fields only; at most max")
     max: Bound | None = Field(None, description="numeric fields only; at least min")
     enabled: bool | None = None
@@ -332,7 +342,7 @@ class FieldList(BaseModel):
 
 class FieldListQuery(Strict):
     model_config = ConfigDict(strict=False, extra="forbid")
-    measurement: str | None = Field(None, max_length=64)
+    measurement: Text | None = Field(None, max_length=64)
     enabled: bool | None = None
     discovered: bool | None = None
 
@@ -345,7 +355,7 @@ ExpirySeconds = Annotated[int, Field(ge=1, le=MAX_TOKEN_LIFETIME_S), BeforeValid
 
 
 class EnrollCreate(Strict):
-    name: str = Field("", max_length=200)
+    name: Text = Field("", max_length=200)
     expires_in: DurationText | ExpirySeconds | None = Field(
         None, description="lifetime: seconds or a duration such as 24h, 7d; none = no expiry"
     )
@@ -479,7 +489,7 @@ class AgentConfig(BaseModel):
 
 
 class Heartbeat(Strict):
-    agent_version: str = Field(max_length=64)
+    agent_version: Text = Field(max_length=64)
     uptime: JsonInt = Field(ge=0, le=2**62)
 
 

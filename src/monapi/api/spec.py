@@ -4,7 +4,9 @@ flask-openapi3 passes every JSON schema through its own ``Schema`` model, which 
 the JSON Schema keywords it does not declare: ``propertyNames`` (label keys, metric field names,
 tag keys), ``examples``. The document would then accept what the API refuses. After generation,
 the keywords are restored from their sources: the pydantic models of ``monapi.schemas``, and the
-hand-written request bodies registered with :func:`raw_request_body`.
+hand-written request bodies registered with :func:`raw_request_body`. The links from a created
+resource to the operations on it (:data:`LINKS`), which flask-openapi3 cannot declare, are added
+too.
 """
 
 from __future__ import annotations
@@ -84,6 +86,50 @@ def drop_unused_validation_errors(doc: dict[str, Any], model_name: str) -> None:
     doc.get("components", {}).get("schemas", {}).pop(model_name, None)
 
 
+def _operation_ref(path: str, method: str) -> str:
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+_SERVER = "/api/v1/servers/{server_id}"
+# OpenAPI links (flask-openapi3 has no way to declare them): what a created resource's id opens.
+# Clients and stateful test tools (schemathesis) follow them from the create to the operations.
+LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, str]]] = {
+    # (path, method, status) -> {link name: (path, method, parameter)}; the value is the id
+    ("/api/v1/servers", "post", "201"): {
+        "GetServer": (_SERVER, "get", "server_id"),
+        "UpdateServer": (_SERVER, "patch", "server_id"),
+        "DeleteServer": (_SERVER, "delete", "server_id"),
+        "DisableServer": (_SERVER + "/disable", "post", "server_id"),
+        "EnableServer": (_SERVER + "/enable", "post", "server_id"),
+        "RotateServerKey": (_SERVER + "/rotate-key", "post", "server_id"),
+        "GetServerMetrics": (_SERVER + "/metrics", "get", "server_id"),
+        "GetServerLatest": (_SERVER + "/latest", "get", "server_id"),
+    },
+    ("/api/v1/fields", "post", "201"): {
+        "GetField": ("/api/v1/fields/{id}", "get", "id"),
+        "UpdateField": ("/api/v1/fields/{id}", "patch", "id"),
+        "DeleteField": ("/api/v1/fields/{id}", "delete", "id"),
+    },
+    ("/api/v1/enrollment-tokens", "post", "201"): {
+        "RevokeEnrollmentToken": ("/api/v1/enrollment-tokens/{token_id}", "delete", "token_id"),
+    },
+}
+
+
+def add_links(doc: dict[str, Any]) -> None:
+    """Put :data:`LINKS` into the responses they start from (each target must exist)."""
+    paths = doc.get("paths", {})
+    for (path, method, status), links in LINKS.items():
+        response = paths[path][method]["responses"][status]
+        out = response.setdefault("links", {})
+        for name, (target, target_method, parameter) in links.items():
+            assert target_method in paths[target], (target, target_method)
+            out[name] = {
+                "operationRef": _operation_ref(target, target_method),
+                "parameters": {parameter: "$response.body#/id"},
+            }
+
+
 class MonapiOpenAPI(OpenAPI):
     """flask-openapi3's app, with a document that says what the API accepts."""
 
@@ -91,3 +137,4 @@ class MonapiOpenAPI(OpenAPI):
         super().generate_spec_json()  # type: ignore[no-untyped-call]
         restore_json_schema_keywords(self.spec_json)
         drop_unused_validation_errors(self.spec_json, self.validation_error_model.__name__)
+        add_links(self.spec_json)
