@@ -483,3 +483,34 @@ def test_rate_limits_without_redis_follow_the_fallback_setting(
         assert not latest.get("values"), latest  # a 503 stored nothing
     # Admin requests have no rate limit: they are served in every mode.
     assert c.get("/api/v1/servers", headers=bearer(token)).status_code == 200
+
+
+def test_shutting_down_a_redis_backed_app_logs_no_error(tmp_path: Path, redis_url: str) -> None:
+    """The listener thread's pubsub is closed under it at shutdown: that is no failure, and
+    must not log an ERROR with a traceback on every worker exit."""
+    import logging
+
+    from monapi.app import shutdown
+
+    app, token = make_app(tmp_path / "d", redis_url=redis_url, redis_prefix=uuid.uuid4().hex)
+    c = app.test_client()
+    key = register_server(c, token)["api_key"]
+    assert push(c, key, {"fields": {"load1": 1.0}}).status_code == 204
+    coord = app.extensions["monapi.cache"]
+    errors: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record)
+
+    handler = Keep(level=logging.ERROR)
+    logging.getLogger("monapi").addHandler(handler)
+    try:
+        _created.remove(app)
+        shutdown(app)
+        for t in coord._threads:
+            t.join(timeout=5)
+            assert not t.is_alive(), t.name
+    finally:
+        logging.getLogger("monapi").removeHandler(handler)
+    assert [r.getMessage() for r in errors] == []

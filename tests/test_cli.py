@@ -67,3 +67,34 @@ def test_commands_fail_clearly(cli: tuple[CliRunner, dict[str, str]]) -> None:
     assert result.exit_code == 2 and "--expires" in result.output
     result = runner.invoke(main, ["enroll", "revoke", "0123456789abcdef"], env=env)
     assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_admin_tokens_are_listed_and_revoked_by_id(
+    cli: tuple[CliRunner, dict[str, str]], tmp_path: Path
+) -> None:
+    """`monapi admin list-tokens` shows ids and names, never secrets; `revoke-token ID` stops
+    that token at once and leaves the others working; an unknown id fails clearly."""
+    run(cli, "db", "upgrade")
+    keep = run(cli, "admin", "create-token", "--name", "ops").strip()
+    leaked = run(cli, "admin", "create-token", "--name", "laptop").strip()
+    listing = run(cli, "admin", "list-tokens")
+    for token in (keep, leaked):
+        _, token_id, secret = token.split("_", 2)
+        assert token_id in listing and secret not in listing
+    assert "laptop" in listing and "ops" in listing
+
+    app = create_app({"data_dir": tmp_path / "d", "log_level": "WARNING", "TESTING": True})
+    client = app.test_client()
+    assert client.get("/api/v1/servers", headers=bearer(leaked)).status_code == 200
+    leaked_id = leaked.split("_")[1]
+    assert f"revoked {leaked_id}" in run(cli, "admin", "revoke-token", leaked_id)
+    assert client.get("/api/v1/servers", headers=bearer(leaked)).status_code == 401
+    assert client.get("/api/v1/servers", headers=bearer(keep)).status_code == 200
+    shutdown(app)
+
+    runner, env = cli
+    result = runner.invoke(main, ["admin", "revoke-token", "0" * 16], env=env)
+    assert result.exit_code != 0 and "not found" in result.output
+    enroll_id = run(cli, "enroll", "create").strip().split("_")[1]
+    result = runner.invoke(main, ["admin", "revoke-token", enroll_id], env=env)
+    assert result.exit_code != 0 and "not found" in result.output  # not an admin token

@@ -185,3 +185,25 @@ def test_a_request_refused_by_an_early_hook_logs_its_own_duration(tmp_path: Path
     refused = [r for r in records if r.getMessage().endswith(" 429")]
     assert len(refused) == 1
     assert 0 <= refused[0].duration_ms < 5_000  # type: ignore[attr-defined]
+
+
+def test_a_store_that_is_away_is_logged_once_per_interval_not_per_request(
+    app_with_faults: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During an outage every request fails the same way: the reason is logged once per
+    interval per process, with the count of the ones not logged; the access log still has one
+    line per request."""
+    from monapi import errors
+
+    monkeypatch.setattr(errors, "_unavailable_logged", {})
+    client = app_with_faults.test_client()
+    with kept_records("monapi") as records:
+        for _ in range(5):
+            assert client.get("/store-down").status_code == 503
+        monkeypatch.setattr(errors, "UNAVAILABLE_LOG_EVERY_S", 0.0)
+        assert client.get("/store-down").status_code == 503
+    reasons = [r.getMessage() for r in records if r.name == "monapi.http"]
+    assert reasons[0] == "store unavailable: time-series store: connection refused"
+    assert len(reasons) == 2 and reasons[1].endswith(" (4 more in the last 0 s)"), reasons
+    access = [r for r in records if r.name == "monapi.access"]
+    assert len(access) == 6

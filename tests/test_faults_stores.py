@@ -871,3 +871,27 @@ def test_rate_limits_while_redis_is_away_follow_the_fallback_setting(
     check_shape(push(client, key, clock.points()), 429)
     got = client.get(count_query(sid), headers=bearer(token)).get_json()
     assert stored(got) == accepted + 3
+
+
+def test_the_dashboard_answers_503_while_the_config_database_is_cut(
+    tmp_path: Path, pg_proxied: Proxied
+) -> None:
+    """A signed-in dashboard page while PostgreSQL does not answer: the dashboard's 503 page
+    with Retry-After (its own error handler used to turn this into a 500), and the page again
+    once the database is back, with the same session."""
+    from .test_dashboard import error_text, signed_in
+
+    app, token = make_app(tmp_path / "d", database_url=pg_proxied.url)
+    register_server(app.test_client(), token)
+    b = signed_in(app)
+    assert b.get("/").status_code == 200
+
+    pg_proxied.proxy.cut()
+    resp = b.get("/")
+    assert resp.status_code == 503, resp.text[:500]
+    assert resp.mimetype == "text/html" and int(resp.headers["Retry-After"]) >= 1
+    assert any("configuration store" in m for m in error_text(resp.text)), resp.text[:800]
+    assert "Traceback" not in resp.text and str(pg_proxied.proxy.port) not in resp.text
+
+    pg_proxied.proxy.restore()
+    poll(lambda: b.get("/").status_code == 200, 10, "the dashboard after the cut")

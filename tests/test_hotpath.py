@@ -184,3 +184,35 @@ def test_a_configuration_store_that_fails_the_key_lookup_still_gets_a_json_answe
     resp = push(client, key, POINT)
     assert resp.status_code == 503
     assert "configuration store" in resp.get_json()["error"]
+
+
+@pytest.mark.parametrize("failure", ["store down", "unknown key"])
+def test_a_key_check_that_failed_on_the_hot_path_is_not_made_again_in_flask(
+    app: Flask, admin_token: str, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """When the hot path's key check raised (a store that does not answer: each try may cost
+    a timeout), Flask answers with that outcome and does not ask the store a second time."""
+    from monapi.errors import StoreUnavailable
+
+    client = app.test_client()
+    key = register_server(client, admin_token)["api_key"]
+    if failure == "unknown key":
+        key = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    calls: list[str] = []
+    real = KeyService.lookup
+
+    def counted(self: KeyService, key_id: str) -> Any:
+        calls.append(key_id)
+        if failure == "store down":
+            raise StoreUnavailable("configuration store: timed out", retry_after=5)
+        return real(self, key_id)
+
+    monkeypatch.setattr(KeyService, "lookup", counted)
+    resp = push(client, key, POINT)
+    if failure == "store down":
+        assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+    else:
+        assert resp.status_code == 401
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="monapi"'
+    assert resp.get_json()["request_id"] == resp.headers["X-Request-ID"]
+    assert len(calls) == 1, calls

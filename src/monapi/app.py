@@ -33,6 +33,7 @@ from .errors import (
     request_id,
     validation_error_callback,
 )
+from .ingest import repeated_key
 from .logs import configure_logging
 from .settings import ConfigError, Settings, load_settings
 from .tsdb import create_store
@@ -47,7 +48,16 @@ class MsgspecJSONProvider(DefaultJSONProvider):
         return msgspec.json.encode(obj).decode()
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return msgspec.json.decode(s)
+        """Decode, refusing (ValueError: a 400 naming why) what JSON decoders let through:
+        nesting deep enough to exhaust the stack, and a key twice in one object (decoders keep
+        the last value without a word)."""
+        try:
+            obj = msgspec.json.decode(s)
+        except RecursionError:
+            raise ValueError("arrays or objects nested too deeply") from None
+        if (found := repeated_key(s)) is not None:
+            raise ValueError(f"{found[0]}: the key {found[1][:80]!r} appears more than once")
+        return obj
 
 
 class CookieFirstSessionInterface(SecureCookieSessionInterface):
@@ -109,6 +119,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app = MonapiOpenAPI(
         "monapi",
+        static_folder=None,  # no /static route: the dashboard serves its own files
         info=Info(
             title="monapi",
             version=__version__,

@@ -39,6 +39,9 @@ _KEY_RE = re.compile(r"^(mk[ase])_([0-9a-f]{16})_([A-Za-z0-9_\-]{43})$")
 EXT = "monapi.auth"
 # WSGI environ key under which api/hotpath.py hands a request it checked the key of to Flask.
 PRINCIPAL_ENVIRON = "monapi.principal"
+# ... and the exception checking it raised (a store that did not answer, a refused key), for
+# Flask to answer without asking the store a second time.
+AUTH_ERROR_ENVIRON = "monapi.auth_error"
 
 # OpenAPI security requirements, used by the route decorators.
 SECURITY_SCHEMES: dict[str, Any] = {
@@ -328,6 +331,9 @@ def init_app(app: Flask, pepper: bytes) -> None:
             key = creds.read()
             if key is None:
                 raise _unauthorized(creds.missing)
+            failed: Exception | None = request.environ.pop(AUTH_ERROR_ENVIRON, None)
+            if failed is not None:
+                raise failed
             record = get_keys().authenticate(key)
         except ApiError as exc:
             if exc.status == 401:

@@ -391,6 +391,8 @@ class RedisCoordinator:
                 self._reconciled_at = 0.0  # changes committed meanwhile did not reach Redis
                 self._stop.wait(1.0)  # reconnect; meanwhile versions are polled
             except Exception:  # pragma: no cover - never let the listener die silently
+                if self._stop.is_set():  # closed under it at shutdown: nothing failed
+                    return
                 log.exception("Redis listener failed; restarting it")
                 self._stop.wait(1.0)
             finally:

@@ -92,6 +92,47 @@ def admin_create_token(name: str) -> None:
     click.echo(token)
 
 
+@admin.command("list-tokens")
+def admin_list_tokens() -> None:
+    """List admin tokens (ids and names; the secrets are never stored)."""
+    from . import auth
+
+    _list_tokens(auth.ADMIN)
+
+
+@admin.command("revoke-token")
+@click.argument("token_id")
+def admin_revoke_token(token_id: str) -> None:
+    """Revoke an admin token by its id (the part after mka_); it stops working at once."""
+    from . import auth
+
+    _revoke_token(auth.ADMIN, token_id)
+
+
+def _list_tokens(kind: str) -> None:
+    from . import db
+    from .services.tokens import list_tokens, token_dict
+
+    with app_context():
+        rows = [token_dict(k) for k in list_tokens(db.session(), kind)]
+    _table(rows, ["id", "name", "active", "uses", "max_uses", "expires_at", "created_at"])
+
+
+def _revoke_token(kind: str, token_id: str) -> None:
+    from . import db
+    from .errors import ApiError
+    from .services.tokens import revoke_token
+
+    with app_context():
+        session = db.session()
+        try:
+            revoke_token(session, kind, token_id)
+        except ApiError as exc:
+            _fail(exc.message)
+        session.commit()
+    click.echo(f"revoked {token_id}")
+
+
 def _read_password(from_stdin: bool) -> str:
     """The new password: one line of standard input, or asked twice without echo."""
     if from_stdin:
@@ -220,30 +261,18 @@ def enroll_create(expires: str | None, max_uses: int | None, name: str) -> None:
 @enroll.command("list")
 def enroll_list() -> None:
     """List enrollment tokens."""
-    from . import auth, db
-    from .services.tokens import list_tokens, token_dict
+    from . import auth
 
-    with app_context():
-        rows = [token_dict(k) for k in list_tokens(db.session(), auth.ENROLL)]
-    _table(rows, ["id", "name", "active", "uses", "max_uses", "expires_at", "created_at"])
+    _list_tokens(auth.ENROLL)
 
 
 @enroll.command("revoke")
 @click.argument("token_id")
 def enroll_revoke(token_id: str) -> None:
     """Revoke an enrollment token by its id (the part after mke_)."""
-    from . import auth, db
-    from .errors import ApiError
-    from .services.tokens import revoke_token
+    from . import auth
 
-    with app_context():
-        session = db.session()
-        try:
-            revoke_token(session, auth.ENROLL, token_id)
-        except ApiError as exc:
-            _fail(exc.message)
-        session.commit()
-    click.echo(f"revoked {token_id}")
+    _revoke_token(auth.ENROLL, token_id)
 
 
 # servers -------------------------------------------------------------------------------------

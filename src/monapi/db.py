@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .errors import StoreUnavailable, error_response, request_id
+from .errors import StoreUnavailable, error_response, warn_unavailable
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -108,6 +108,8 @@ class Database:
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self.backend = self.engine.dialect.name  # sqlite or postgresql
+        # Exceptions that mean "the store did not answer" (503); set by init_app.
+        self.unavailable_errors: tuple[type[Exception], ...] = ()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -179,13 +181,14 @@ def init_app(app: Flask, url: str) -> Database:
     # The database not answering (refused, reset, timed out, locked) is a 503 with Retry-After,
     # never a 500. The driver's own errors too: raw DBAPI connections raise them unwrapped.
     dbapi = db.engine.dialect.loaded_dbapi
-    for unavailable in (
+    db.unavailable_errors = (
         OperationalError,
         InterfaceError,
         PoolTimeoutError,
         dbapi.OperationalError,
         dbapi.InterfaceError,
-    ):
+    )
+    for unavailable in db.unavailable_errors:
         app.register_error_handler(unavailable, _unavailable)
 
     @app.teardown_appcontext
@@ -197,18 +200,25 @@ def init_app(app: Flask, url: str) -> Database:
     return db
 
 
-def _unavailable(exc: Exception) -> Response:
-    """The configuration store did not answer: 503, the driver's words only in the log."""
-    log.warning(
-        "configuration store unavailable: %s",
-        str(getattr(exc, "orig", None) or exc).strip(),
-        extra={"request_id": request_id()},
+def store_unavailable(exc: Exception) -> StoreUnavailable:
+    """What the API and the dashboard answer when the configuration store did not answer
+    (``exc`` is one of ``Database.unavailable_errors``): the driver's words go to the log
+    only."""
+    warn_unavailable(
+        log, "configuration store unavailable: %s", str(getattr(exc, "orig", None) or exc).strip()
     )
+    return StoreUnavailable(
+        f"the configuration store ({get_db().backend}) is not answering; retry later"
+    )
+
+
+def _unavailable(exc: Exception) -> Response:
+    unavailable = store_unavailable(exc)
     return error_response(
         503,
-        f"the configuration store ({get_db().backend}) is not answering; retry later",
+        str(unavailable),
         code="store_unavailable",
-        headers={"Retry-After": "5"},
+        headers={"Retry-After": str(unavailable.retry_after)},
     )
 
 

@@ -16,12 +16,16 @@ import logging
 import os
 import re
 import secrets
+import threading
+import time
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as ResponseBase
+
+from .logs import redact
 
 log = logging.getLogger("monapi.http")
 
@@ -73,6 +77,28 @@ class StoreUnavailable(Exception):
         self.retry_after = retry_after
 
 
+# While a store is away every request fails the same way: its reason is logged once per
+# UNAVAILABLE_LOG_EVERY_S per process (with how many were not), the access log has each request.
+UNAVAILABLE_LOG_EVERY_S = 10.0
+_unavailable_logged: dict[str, tuple[float, int]] = {}  # reason -> (logged at, not logged since)
+_unavailable_lock = threading.Lock()
+
+
+def warn_unavailable(logger: logging.Logger, fmt: str, reason: str) -> None:
+    """Log that a store did not answer, at most once per UNAVAILABLE_LOG_EVERY_S per reason."""
+    now = time.monotonic()
+    with _unavailable_lock:
+        logged_at, skipped = _unavailable_logged.get(reason, (-UNAVAILABLE_LOG_EVERY_S, 0))
+        if now - logged_at < UNAVAILABLE_LOG_EVERY_S:
+            _unavailable_logged[reason] = (logged_at, skipped + 1)
+            return
+        if len(_unavailable_logged) > 1000:
+            _unavailable_logged.clear()
+        _unavailable_logged[reason] = (now, 0)
+    more = f" ({skipped} more in the last {now - logged_at:.0f} s)" if skipped else ""
+    logger.warning(fmt + "%s", reason, more, extra={"request_id": request_id()})
+
+
 class StoreRejected(Exception):
     """A backing store refused data for a reason tied to the data; the API answers 400."""
 
@@ -112,15 +138,18 @@ def error_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Response:
-    """Build the JSON error response; every error path of the app goes through here."""
+    """Build the JSON error response; every error path of the app goes through here. The
+    credentials of a URL in the message or details (a store's address) are never shown."""
     body: dict[str, Any] = {
-        "error": message,
+        "error": redact(message),
         "code": code or _CODES.get(status, "error"),
         "status": status,
         "request_id": request_id(),
     }
     if details:
-        body["details"] = details
+        body["details"] = [
+            {k: redact(v) if isinstance(v, str) else v for k, v in d.items()} for d in details
+        ]
     if extra:
         body.update(extra)
     resp = jsonify(body)
@@ -148,13 +177,22 @@ def _pydantic_details(exc: ValidationError) -> list[dict[str, Any]]:
     return details
 
 
-def _is_json(data: bytes) -> bool:
-    """Whether ``data`` parses as JSON (``null`` included, which get_json cannot tell apart)."""
+def _json_problem(data: bytes) -> str | None:
+    """Why ``data`` does not parse as JSON (with where, as the decoder says), or None if it
+    does (``null`` included, which get_json cannot tell apart)."""
     try:
         current_app.json.loads(data)
-    except ValueError:
-        return False
-    return True
+    except UnicodeDecodeError:  # its position is within the string the decoder was reading
+        try:
+            data.decode()
+        except UnicodeDecodeError as whole:
+            return f"invalid UTF-8 at byte {whole.start}"
+        return "invalid UTF-8"
+    except ValueError as exc:
+        return str(exc) or type(exc).__name__
+    except RecursionError:
+        return "arrays or objects nested too deeply"
+    return None
 
 
 def validation_error_callback(exc: ValidationError) -> Response:
@@ -165,8 +203,11 @@ def validation_error_callback(exc: ValidationError) -> Response:
             return error_response(
                 415, f"expected Content-Type: application/json, got {mimetype or 'none'!r}"
             )
-        if not _is_json(request.get_data(cache=True)):
-            return error_response(400, "request body is not valid JSON", code="invalid_json")
+        problem = _json_problem(request.get_data(cache=True))
+        if problem is not None:
+            return error_response(
+                400, f"request body is not valid JSON: {problem}", code="invalid_json"
+            )
     details = _pydantic_details(exc)
     where = details[0]["location"] if details else "request"
     return error_response(
@@ -192,7 +233,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(StoreUnavailable)
     def _unavailable(exc: StoreUnavailable) -> Response:
-        log.warning("store unavailable: %s", exc, extra={"request_id": request_id()})
+        warn_unavailable(log, "store unavailable: %s", str(exc))
         return error_response(
             503, str(exc), code="store_unavailable", headers={"Retry-After": str(exc.retry_after)}
         )
@@ -227,4 +268,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.after_request
     def _stamp(resp: Response) -> Response:
         resp.headers[REQUEST_ID_HEADER] = request_id()
+        # No browser may read an answer as something other than its Content-Type (a JSON body
+        # that echoes a value as HTML), nor frame an HTML one (the API documentation).
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if resp.mimetype == "text/html":
+            resp.headers.setdefault("X-Frame-Options", "DENY")
         return resp

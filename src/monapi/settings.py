@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .logs import redact
+
 ENV_PREFIX = "MONAPI_"
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -294,6 +296,12 @@ class Settings(BaseSettings):
             return None
         if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
             raise ValueError("expected http://HOST:PORT or https://HOST:PORT")
+        if "@" in v.split("://", 1)[1].split("/", 1)[0]:
+            # Never sent (requests go to the host and port), so they could only leak.
+            raise ValueError(
+                "credentials in the URL are not used: give InfluxDB's in "
+                "MONAPI_INFLUXDB_USERNAME and MONAPI_INFLUXDB_PASSWORD"
+            )
         return v.rstrip("/")
 
     @field_validator("victoriametrics_tenant")
@@ -383,9 +391,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
                 continue
             name = str(err["loc"][0])
             env = ENV_PREFIX + name.upper()
-            given = err.get("input")
+            field = Settings.model_fields.get(name)
+            secret = field is not None and "SecretStr" in str(field.annotation)
+            given = "'***'" if secret else redact(repr(err.get("input")))
             accepts = describe_field(name)
-            problems.append(
-                f"{env}={given!r}: {msg}" + (f" (accepts {accepts})" if accepts else "")
-            )
+            problems.append(f"{env}={given}: {msg}" + (f" (accepts {accepts})" if accepts else ""))
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -16,7 +16,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from .. import __version__
+from ..db import get_db, store_unavailable
 from ..errors import ApiError, StoreUnavailable, request_id
+from ..logs import redact
 from ..settings import Settings
 from . import charts
 from .session import CsrfError, check_csrf, csrf_token, current_user
@@ -60,7 +62,9 @@ def _headers(resp: Response) -> Response:
 
 
 def _error_page(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    html = render_template("error.html", status=status, message=message, request_id=request_id())
+    html = render_template(
+        "error.html", status=status, message=redact(message), request_id=request_id()
+    )
     return Response(html, status, headers=headers, mimetype="text/html")
 
 
@@ -88,6 +92,10 @@ def _http(exc: HTTPException) -> Response:
 
 @bp.errorhandler(Exception)
 def _unexpected(exc: Exception) -> Response:
+    # This handler wins over the app's for the blueprint's pages: the configuration store not
+    # answering is a 503 here too, not a 500.
+    if isinstance(exc, get_db().unavailable_errors):
+        return _unavailable(store_unavailable(exc))
     log.exception(
         "unhandled error on %s %s", request.method, request.path, extra={"request_id": request_id()}
     )

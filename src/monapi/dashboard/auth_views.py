@@ -18,7 +18,7 @@ from .session import current_user, log_in, log_out, login_required, safe_next, s
 def login() -> Response | str | tuple[str, int, dict[str, str]]:
     """The log-in form; a POST signs in (limited per client address and per user)."""
     target = safe_next(request.values.get("next"))
-    if request.method == "GET":
+    if request.method != "POST":  # GET, and HEAD (which the CSRF check lets through)
         if current_user() is not None:
             return redirect(target)
         return render_template("login.html", next=target, insecure=_insecure_transport())

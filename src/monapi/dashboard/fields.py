@@ -106,7 +106,7 @@ def fields_page() -> str:
 @login_required
 def field_new() -> Response | str | tuple[str, int]:
     """Add a field."""
-    if request.method == "GET":
+    if request.method != "POST":  # GET, and HEAD (which the CSRF check lets through)
         return render_template("field_form.html", field=None, form={"enabled": "on"}, errors={})
     try:
         f = fsvc.create_field(db.session(), parse_create(request.form))
@@ -124,7 +124,7 @@ def field_edit(field_id: int) -> Response | str | tuple[str, int]:
     """Change a field's unit, description, bounds or enabled (its name and type are fixed)."""
     session = db.session()
     f = fsvc.get_field(session, field_id)
-    if request.method == "GET":
+    if request.method != "POST":  # GET, and HEAD (which the CSRF check lets through)
         form = {
             "unit": f.unit,
             "description": f.description,
