@@ -327,3 +327,14 @@ def test_store_failure_is_503_and_recovers_without_restart(
     assert stored(app) == {("system", "load1"): 1.0}  # never a 2xx for what was not stored
     assert push(client, key, {"fields": {"load1": 3.0}}).status_code == 204
     assert stored(app) == {("system", "load1"): 3.0}
+
+
+def test_an_error_does_not_repeat_a_huge_name_in_full(client: FlaskClient, key: str) -> None:
+    """A 5,000-character unknown field: the error names it by its first 80 characters."""
+    name = "f" * 5000
+    resp = push(client, key, {"fields": {name: 1.0, "load1": 1.0}})
+    assert resp.status_code == 422  # the point is refused whole
+    (error,) = resp.get_json()["details"]
+    assert error["field"] == "f" * 80 + "..."
+    assert error["reason"] == f"unknown field system.{'f' * 80}... (not in the field configuration)"
+    assert len(resp.data) < 1000

@@ -84,6 +84,9 @@ class LoosePointIn(msgspec.Struct):
 _strict = msgspec.json.Decoder(BodyIn)
 
 
+MAX_NAME_SHOWN = 80  # characters of a name an error repeats
+
+
 @dataclass(slots=True)
 class ValidationResult:
     # The stored points (a LazyPoints when the fast path sent them as line protocol).
@@ -113,6 +116,8 @@ class ValidationResult:
     def error(self, index: int, fld: str | None, reason: str) -> None:
         self.error_count += 1
         if len(self.errors) < MAX_ERRORS:
+            if fld is not None and len(fld) > MAX_NAME_SHOWN:  # a name of 10,000 characters
+                fld = fld[:MAX_NAME_SHOWN] + "..."  # is not repeated in full in the answer
             self.errors.append({"index": index, "field": fld, "reason": reason})
 
 
@@ -648,7 +653,8 @@ class Validator:
             res.dropped += 1
             return
         if self.unknown == "reject":
-            res.error(i, name, f"unknown field {meas}.{name} (not in the field configuration)")
+            shown = name if len(name) <= MAX_NAME_SHOWN else name[:MAX_NAME_SHOWN] + "..."
+            res.error(i, name, f"unknown field {meas}.{shown} (not in the field configuration)")
             return
         # discover
         if not FIELD_NAME_RE.fullmatch(name):
