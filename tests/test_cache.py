@@ -514,3 +514,32 @@ def test_shutting_down_a_redis_backed_app_logs_no_error(tmp_path: Path, redis_ur
     finally:
         logging.getLogger("monapi").removeHandler(handler)
     assert [r.getMessage() for r in errors] == []
+
+
+def test_versions_read_while_the_listener_catches_up_are_still_checked(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """After a Redis failure the next read of the versions is checked against the database.
+    If the listener thread catches up (and marks the check done) while a request is reading
+    the hash, what that request read predates the catch-up: it must be checked too, or the
+    request keeps stale versions (a rotated key working again) until the next check."""
+    settings = {"data_dir": tmp_path / "d", **cache_settings(request, "redis")}
+    a, _ = make_app(tmp_path / "d", **settings)
+    coord = a.extensions["monapi.cache"]
+    assert isinstance(coord, RedisCoordinator)
+    with a.app_context():
+        before = coord.versions()
+    # A change Redis did not hear of (it was away at the commit), then a failure noticed.
+    with a.extensions["monapi.db"].engine.begin() as conn:
+        conn.execute(text("UPDATE state_versions SET version = version + 1 WHERE name = 'keys'"))
+    coord._reconciled_at, coord._snapshot_at = 0.0, 0.0
+    real = coord._hgetall
+
+    def read_then_listener_catches_up(key: str) -> dict[bytes, bytes]:
+        raw = real(key)  # still the old versions
+        coord._reconciled_at = time.monotonic()  # as _announce_missed() does meanwhile
+        return raw
+
+    coord._hgetall = read_then_listener_catches_up  # type: ignore[method-assign]
+    with a.app_context():
+        assert coord.versions()["keys"] == before["keys"] + 1

@@ -160,10 +160,13 @@ class RedisCoordinator:
             return self._snapshot
         if now < self._down_until:
             return self.sql.versions()
+        # Read before the hash: if a failure (or the listener's catch-up after one) moves it
+        # while the hash is read, what was read may predate the catch-up and is checked here.
+        reconciled_at = self._reconciled_at
         try:
             raw = self._hgetall(self._k_versions)
             current = {k.decode(): int(v) for k, v in raw.items()}
-            if now - self._reconciled_at >= self.reconcile_s or not all(
+            if now - reconciled_at >= self.reconcile_s or not all(
                 c in current for c in COLLECTIONS
             ):
                 current = self._reconcile_or_keep(current)
