@@ -353,16 +353,21 @@ def run_case(
     target.push_good(path)
 
 
+def seeded(app: Flask, admin: str) -> InProcess:
+    """A target whose server already stored one point (which no hostile case may change)."""
+    target = InProcess(app, admin)
+    reply = target.send(
+        "/api/v1/data",
+        point(timestamp=NOW_S - 60, measurement="cpu", fields={"usage_percent": 12.5}),
+    )
+    assert reply.status == 204, reply.body
+    return target
+
+
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     with own_app(tmp_path_factory.mktemp("embedded")) as (app, admin):
-        target = InProcess(app, admin)
-        reply = target.send(
-            "/api/v1/data",
-            point(timestamp=NOW_S - 60, measurement="cpu", fields={"usage_percent": 12.5}),
-        )
-        assert reply.status == 204, reply.body
-        yield target
+        yield seeded(app, admin)
 
 
 def without_hot_path(target: InProcess) -> Callable[[Case], Reply]:
@@ -535,13 +540,7 @@ def influx(tmp_path_factory: pytest.TempPathFactory, influxdb_url: str) -> Itera
         influxdb_url=influxdb_url,
         influxdb_database=db,
     ) as (app, admin):
-        target = InProcess(app, admin)
-        reply = target.send(
-            "/api/v1/data",
-            point(timestamp=NOW_S - 60, measurement="cpu", fields={"usage_percent": 12.5}),
-        )
-        assert reply.status == 204, reply.body
-        yield target
+        yield seeded(app, admin)
 
 
 def by_id(cases: list[Case], ids: list[str]) -> list[Case]:

@@ -512,6 +512,24 @@ def check_acknowledged_stored(
     return acknowledged
 
 
+def wait_for_recovery(load: Load, since: float, what: str, stack: Stack, monapi: Monapi) -> float:
+    """Wait until every server got a 204 sent after ``since`` and /readyz is 200; the seconds
+    from ``since`` to the last server's first 204."""
+    wait_for(
+        f"every server got a 204 after {what}",
+        lambda: load.each_server_has(lambda a: a.sent >= since and a.status == 204),
+        20,
+        lambda: load.summary() + "\n" + stack.diag(),
+    )
+    recovered = max(
+        a.done - since
+        for al in load.answers.values()
+        if (a := first_after(list(al), since, 204)) is not None
+    )
+    wait_for("/readyz is 200 again", lambda: monapi.readyz()[0] == 200, 10, stack.diag)
+    return recovered
+
+
 def readyz_says_tsdb_down(monapi: Monapi) -> bool:
     status, body, headers = monapi.readyz()
     if status != 503:
@@ -556,18 +574,7 @@ def test_an_engine_stopped_under_load_gets_503s_and_monapi_recovers_without_a_re
         time.sleep(max(0.0, stopped + 3.0 - time.monotonic()))  # the engine stays away ~3 s
         engine.start()
         up = time.monotonic()
-        wait_for(
-            "every server got a 204 after the engine came back",
-            lambda: load.each_server_has(lambda a: a.sent >= up and a.status == 204),
-            20,
-            lambda: load.summary() + "\n" + stack.diag(),
-        )
-        recovered = max(
-            a.done - up
-            for al in load.answers.values()
-            if (a := first_after(list(al), up, 204)) is not None
-        )
-        wait_for("/readyz is 200 again", lambda: monapi.readyz()[0] == 200, 10, stack.diag)
+        recovered = wait_for_recovery(load, up, "the engine came back", stack, monapi)
         time.sleep(1.0)  # and the load goes on
     diag = stack.diag()
     check_answers(load, {204, 503}, diag)
@@ -627,18 +634,7 @@ def test_a_frozen_engine_times_out_into_503s_and_monapi_recovers_when_it_thaws(
         finally:
             engine.resume()
         thawed = time.monotonic()
-        wait_for(
-            "every server got a 204 after the engine thawed",
-            lambda: load.each_server_has(lambda a: a.sent >= thawed and a.status == 204),
-            20,
-            lambda: load.summary() + "\n" + stack.diag(),
-        )
-        recovered = max(
-            a.done - thawed
-            for al in load.answers.values()
-            if (a := first_after(list(al), thawed, 204)) is not None
-        )
-        wait_for("/readyz is 200 again", lambda: monapi.readyz()[0] == 200, 10, stack.diag)
+        recovered = wait_for_recovery(load, thawed, "the engine thawed", stack, monapi)
         time.sleep(1.0)
     diag = stack.diag()
     check_answers(load, {204, 503}, diag)
