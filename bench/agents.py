@@ -90,7 +90,7 @@ from run import (
 
 BENCH_DIR = Path(__file__).resolve().parent
 BASELINE_DIR = BENCH_DIR / "baseline"
-MONAPI_GUNICORN_CONF = Path(monapi.__file__).with_name("gunicorn.conf.py")
+MONAPI_GUNICORN_CONF = Path(monapi.__file__).with_name("gunicorn_conf.py")
 TARGETS = ("monapi", "empty", "baseline")
 LABELS = {
     "monapi": "monapi (InfluxDB)",
@@ -173,7 +173,7 @@ def _wait_http(proc: subprocess.Popen[bytes], port: int, log_path: Path, name: s
 
 
 def empty_app(workdir: Path, opts: Options) -> contextlib.AbstractContextManager[Server]:
-    """bench/baseline/empty.py under monapi's gunicorn.conf.py (its settings come from the same
+    """bench/baseline/empty.py under monapi's gunicorn_conf.py (its settings come from the same
     MONAPI_* variables ``monapi serve`` sets)."""
     port = free_port()
     env = {
@@ -513,7 +513,7 @@ def summarize(
         "targets": {
             "monapi": f"monapi serve, MONAPI_TSDB=influxdb, gunicorn gthread, {opts.workers} "
             f"workers x {opts.threads} threads",
-            "empty": f"bench/baseline/empty.py under monapi's gunicorn.conf.py ({opts.workers} "
+            "empty": f"bench/baseline/empty.py under monapi's gunicorn_conf.py ({opts.workers} "
             f"workers x {opts.threads} threads, gthread, keep-alive 30 s)",
             "baseline": f"BASELINE (not monapi): bench/baseline/app.py under gunicorn -w "
             f"{opts.baseline_workers} (sync workers)",

@@ -276,7 +276,7 @@ def test_each_worker_freezes_what_start_up_made_out_of_the_collectors_sight(
     import monapi
 
     monkeypatch.setenv("MONAPI_DATA_DIR", str(tmp_path))
-    conf = runpy.run_path(str(Path(monapi.__file__).parent / "gunicorn.conf.py"))
+    conf = runpy.run_path(str(Path(monapi.__file__).parent / "gunicorn_conf.py"))
     gc.unfreeze()
     try:
         conf["post_worker_init"](None)

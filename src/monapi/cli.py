@@ -6,7 +6,6 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -14,7 +13,7 @@ from flask import Flask
 
 from .settings import ConfigError, load_settings, parse_duration
 
-GUNICORN_CONF = Path(__file__).with_name("gunicorn.conf.py")
+GUNICORN_CONF = "python:monapi.gunicorn_conf"
 
 
 def _fail(message: str) -> NoReturn:
@@ -323,7 +322,7 @@ def _cell(v: Any) -> str:
 @main.command()
 @click.option("--bind", default=None, help="host:port (default MONAPI_BIND or 127.0.0.1:8000)")
 @click.option("--workers", type=int, default=None, help="worker processes (default: cores)")
-@click.option("--threads", type=int, default=None, help="threads per worker (default 8)")
+@click.option("--threads", type=int, default=None, help="threads per worker (default 16)")
 def serve(bind: str | None, workers: int | None, threads: int | None) -> None:
     """Set up the stores if needed and run monapi under gunicorn."""
     from .bootstrap import initialize
@@ -353,7 +352,7 @@ def serve(bind: str | None, workers: int | None, threads: int | None) -> None:
     sys.stdout.flush()
     os.execvp(
         sys.executable,
-        [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF)],
+        [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF],
     )
 
 

@@ -273,6 +273,27 @@ class Settings(BaseSettings):
         "INFO", description="log level: DEBUG, INFO, WARNING, ERROR"
     )
     log_format: Literal["json", "text"] = Field("json", description="log format: json or text")
+    log_file: Path | None = Field(
+        None,
+        description="also write the log to this file, rotated by size; default none "
+        "(standard error only, which systemd, Docker and Cloud Foundry collect)",
+    )
+    log_file_max_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        description="size in bytes at which MONAPI_LOG_FILE is rotated",
+    )
+    log_file_backups: int = Field(
+        5, ge=0, le=1000, description="rotated log files kept (FILE.1, FILE.2, ...)"
+    )
+    metrics_enabled: bool = Field(
+        True, description="serve monapi's own metrics at /metrics (Prometheus text format)"
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="bearer token /metrics requires (Authorization: Bearer TOKEN); default "
+        "none: /metrics answers whoever reaches monapi",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
