@@ -495,7 +495,7 @@ def _refused(aw: AuthWorld, case: Any) -> list[tuple[str, dict[str, str], int]]:
     return out
 
 
-@auth_schema.exclude(path_regex="^/(healthz|readyz|ping)$").parametrize()
+@auth_schema.exclude(path_regex="^/(healthz|readyz|ping|metrics)$").parametrize()
 @settings(max_examples=5, deadline=None, suppress_health_check=_UNHEALTHY)
 def test_refuses_missing_and_wrong_keys(case: Any, auth_world: AuthWorld) -> None:
     for what, headers, status in _refused(auth_world, case):

@@ -259,6 +259,7 @@ LP_BODY = b"system load1=0.5\nsystem,role=web load5=0.25\n"
 REQUESTS: dict[tuple[str, str], Callable[[World, Target], Call]] = {
     ("GET", "/healthz"): lambda w, t: Call("/healthz"),
     ("GET", "/readyz"): lambda w, t: Call("/readyz"),
+    ("GET", "/metrics"): lambda w, t: Call("/metrics"),
     ("GET", "/ping"): lambda w, t: Call("/ping"),
     ("GET", "/query"): lambda w, t: Call("/query?q=SHOW+DATABASES&db=telegraf"),
     ("POST", "/query"): lambda w, t: Call("/query", form={"q": "CREATE DATABASE telegraf"}),

@@ -20,7 +20,7 @@ from flask_openapi3 import Info
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from . import __version__, auth, cache, dashboard, db, fields, ratelimit
+from . import __version__, auth, cache, dashboard, db, fields, observability, ratelimit
 from .api import health, influx
 from .api.hotpath import HotPath
 from .api.spec import MonapiOpenAPI
@@ -114,7 +114,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     config = dict(config or {})
     flask_config = {k: v for k, v in config.items() if k.isupper()}
     settings = load_settings({k: v for k, v in config.items() if not k.isupper()})
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        settings.log_file,
+        settings.log_file_max_bytes,
+        settings.log_file_backups,
+    )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     app = MonapiOpenAPI(
@@ -161,9 +167,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     auth.init_app(app, key_pepper(settings))
     ratelimit.install_key_limit(app, settings)
     try:
-        app.extensions["monapi.tsdb"] = create_store(settings)
+        app.extensions["monapi.tsdb"] = store = create_store(settings)
     except StoreUnavailable as exc:
         raise ConfigError(str(exc)) from None
+    telemetry = observability.init_app(app, settings, store.name)
 
     for bp in (
         health.bp,
@@ -180,9 +187,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     auth.check_rules_cover(app, public=set())
     dashboard.init_app(app, settings)
     _refuse_json_string_bodies(app)
-    _install_request_logging(app)
+    answered = _install_request_logging(app, telemetry if settings.metrics_enabled else None)
     app.wsgi_app = HotPath(  # type: ignore[method-assign]
-        app, app.wsgi_app, data.ingest_body, log_access
+        app, app.wsgi_app, data.ingest_body, answered
     )
     if settings.proxy_hops:
         # Trust X-Forwarded-For/-Proto/-Host from this many reverse proxies: the client address
@@ -249,9 +256,16 @@ def log_access(method: str, path: str, status: int, rid: Callable[[], str], t0: 
         )
 
 
-def _install_request_logging(app: Flask) -> None:
+Answered = Callable[[str, str, int, Callable[[], str], float], None]
+
+
+def _install_request_logging(app: Flask, telemetry: observability.Telemetry | None) -> Answered:
+    """Log and count every answer Flask gives; returns the same for the hot path's 204s
+    (whose path is its route)."""
+
     def _start() -> None:
         g.t0 = time.perf_counter()
+        request_id()  # now, so that every line logged for the request carries it
 
     # First of all hooks: one that refuses the request (a rate limit, a key) ends it early, and
     # its access line still needs the start time.
@@ -259,8 +273,22 @@ def _install_request_logging(app: Flask) -> None:
 
     @app.after_request
     def _log(resp: Response) -> Response:
-        log_access(request.method, request.path, resp.status_code, request_id, g.get("t0", 0))
+        t0 = g.get("t0", 0)
+        log_access(request.method, request.path, resp.status_code, request_id, t0)
+        if telemetry is not None:
+            rule = request.url_rule
+            route = rule.rule if rule is not None else observability.UNMATCHED
+            telemetry.request(request.method, route, resp.status_code, time.perf_counter() - t0)
         return resp
+
+    if telemetry is None:
+        return log_access
+
+    def answered(method: str, path: str, status: int, rid: Callable[[], str], t0: float) -> None:
+        log_access(method, path, status, rid, t0)
+        telemetry.request(method, path, status, time.perf_counter() - t0)
+
+    return answered
 
 
 def shutdown(app: Flask) -> None:

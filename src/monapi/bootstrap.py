@@ -41,3 +41,15 @@ def initialize(settings: Settings, *, create_admin: bool = True) -> str | None:
             return new.plaintext
     finally:
         database.dispose()
+
+
+def first_start_message(token: str, url: str) -> str:
+    """What to print once when :func:`initialize` made the first admin token."""
+    return (
+        "\nFirst start: created the schema, the default fields and an admin token.\n"
+        "Admin token (shown only this once; keep it safe):\n\n"
+        f"    {token}\n\n"
+        "Use it like this:\n"
+        f"    export MONAPI_TOKEN={token}\n"
+        f'    curl -H "Authorization: Bearer $MONAPI_TOKEN" {url}/api/v1/servers\n'
+    )

@@ -325,7 +325,7 @@ def _cell(v: Any) -> str:
 @click.option("--threads", type=int, default=None, help="threads per worker (default 16)")
 def serve(bind: str | None, workers: int | None, threads: int | None) -> None:
     """Set up the stores if needed and run monapi under gunicorn."""
-    from .bootstrap import initialize
+    from .bootstrap import first_start_message, initialize
 
     for name, value in (("BIND", bind), ("WORKERS", workers), ("THREADS", threads)):
         if value is not None:
@@ -337,14 +337,7 @@ def serve(bind: str | None, workers: int | None, threads: int | None) -> None:
         _fail(str(exc))
     url = f"http://{settings.bind}"
     if token:
-        click.echo(
-            "\nFirst start: created the schema, the default fields and an admin token.\n"
-            "Admin token (shown only this once; keep it safe):\n\n"
-            f"    {token}\n\n"
-            "Use it like this:\n"
-            f"    export MONAPI_TOKEN={token}\n"
-            f'    curl -H "Authorization: Bearer $MONAPI_TOKEN" {url}/api/v1/servers\n'
-        )
+        click.echo(first_start_message(token, url))
     click.echo(
         f"monapi {url}  (API docs {url}/api/v1/swagger, data in {settings.data_dir.resolve()}, "
         f"{settings.workers} workers x {settings.threads} threads)",

@@ -116,11 +116,18 @@ def _new_request_id() -> str:
     return f"{prefix}{next(counter):016x}"
 
 
+# WSGI environ key: the id the hot path gave a request it then handed to Flask.
+REQUEST_ID_ENVIRON = "monapi.request_id"
+
+
 def request_id() -> str:
     """The id of the current request (taken from X-Request-ID when sane, else generated)."""
     rid = getattr(g, "request_id", None)
     if rid is None:
-        rid = g.request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER, ""))
+        rid = request.environ.get(REQUEST_ID_ENVIRON) or request_id_for(
+            request.headers.get(REQUEST_ID_HEADER, "")
+        )
+        g.request_id = rid
     return str(rid)
 
 

@@ -86,6 +86,17 @@ _strict = msgspec.json.Decoder(BodyIn)
 
 MAX_NAME_SHOWN = 80  # characters of a name an error repeats
 
+# Why a point was refused, in few words: the ``reason`` label of monapi_points_rejected_total
+# (the error texts themselves name values, and would make a label of unbounded cardinality).
+INVALID_POINT = "invalid_point"  # not an object, unknown keys, no fields
+INVALID_NAME = "invalid_name"  # a measurement or (discovered) field name that is not valid
+INVALID_TAG = "invalid_tag"
+TIMESTAMP = "timestamp"  # unreadable, or outside the accepted window
+UNKNOWN_FIELD = "unknown_field"
+DISABLED_FIELD = "disabled_field"
+INVALID_VALUE = "invalid_value"  # the wrong type, or outside the field's bounds
+REFUSED_BY_STORE = "refused_by_store"  # the engine would not store it
+
 
 @dataclass(slots=True)
 class ValidationResult:
@@ -97,6 +108,8 @@ class ValidationResult:
     errors: list[dict[str, Any]] = field(default_factory=list)
     error_count: int = 0
     discovered: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Each refused point's index -> the kind of its first error (see INVALID_POINT...).
+    refused_kinds: dict[int, str] = field(default_factory=dict)
 
     def refused_by_store(self, refused: Sequence[Rejection]) -> None:
         """Points the time-series engine would not store: they count as rejected."""
@@ -105,7 +118,7 @@ class ValidationResult:
             if r.index in gone:
                 continue
             gone.add(r.index)
-            self.error(self.indexes[r.index], r.field, r.reason)
+            self.error(self.indexes[r.index], r.field, r.reason, REFUSED_BY_STORE)
             self.rejected += 1
         if gone:
             keep = [j for j in range(len(self.points)) if j not in gone]
@@ -113,8 +126,9 @@ class ValidationResult:
             self.indexes = [self.indexes[j] for j in keep]
             self.errors.sort(key=lambda e: e["index"])
 
-    def error(self, index: int, fld: str | None, reason: str) -> None:
+    def error(self, index: int, fld: str | None, reason: str, kind: str) -> None:
         self.error_count += 1
+        self.refused_kinds.setdefault(index, kind)
         if len(self.errors) < MAX_ERRORS:
             if fld is not None and len(fld) > MAX_NAME_SHOWN:  # a name of 10,000 characters
                 fld = fld[:MAX_NAME_SHOWN] + "..."  # is not repeated in full in the answer
@@ -509,6 +523,7 @@ class Validator:
                         i,
                         None,
                         f"measurement {meas[:80]!r} is not a valid name ({MEASUREMENT_HELP})",
+                        INVALID_NAME,
                     )
                     res.rejected += 1
                     continue
@@ -517,13 +532,13 @@ class Validator:
             try:
                 ts = raw_ts if ns_given else parse_timestamp(raw_ts, self.now_ns)  # type: ignore[assignment]
             except ValueError as exc:
-                res.error(i, None, str(exc))
+                res.error(i, None, str(exc), TIMESTAMP)
                 ts = 0
             else:
                 if ts < self.oldest:
-                    res.error(i, None, "timestamp is older than the accepted window")
+                    res.error(i, None, "timestamp is older than the accepted window", TIMESTAMP)
                 elif ts > self.newest:
-                    res.error(i, None, "timestamp is too far in the future")
+                    res.error(i, None, "timestamp is too far in the future", TIMESTAMP)
             if not raw_tags:
                 tags: Tags = ()
             elif line:
@@ -531,7 +546,7 @@ class Validator:
             else:
                 tags = self._tags(i, raw_tags, res)
             if not raw_fields:
-                res.error(i, None, "point has no fields")
+                res.error(i, None, "point has no fields", INVALID_POINT)
             mspecs = specs.get(meas)
             out: dict[str, RawValue] = {}
             for name, value in raw_fields.items():
@@ -548,11 +563,11 @@ class Validator:
                     self._unknown(i, meas, name, value, out, res)
                     continue
                 if not spec.enabled:
-                    res.error(i, name, f"field {meas}.{name} is disabled")
+                    res.error(i, name, f"field {meas}.{name} is disabled", DISABLED_FIELD)
                     continue
                 v, reason = _check_value(spec, value)
                 if reason is not None:
-                    res.error(i, name, reason)
+                    res.error(i, name, reason, INVALID_VALUE)
                 else:
                     out[name] = v  # type: ignore[assignment]
             if res.error_count != before:
@@ -566,7 +581,7 @@ class Validator:
         self, i: int, p: Any, res: ValidationResult
     ) -> tuple[str, dict[str, Any], Any, Any] | None:
         if not isinstance(p, dict):
-            res.error(i, None, f"a point must be a JSON object, got {_type_name(p)}")
+            res.error(i, None, f"a point must be a JSON object, got {_type_name(p)}", INVALID_POINT)
             res.rejected += 1
             return None
         extra = set(p) - {"measurement", "timestamp", "tags", "fields"}
@@ -584,7 +599,7 @@ class Validator:
             problems.append("tags must be an object of string values")
         if problems:
             for prob in problems:
-                res.error(i, None, prob)
+                res.error(i, None, prob, INVALID_POINT)
             res.rejected += 1
             return None
         return meas, fields, p.get("timestamp"), tags  # type: ignore[return-value]
@@ -593,7 +608,7 @@ class Validator:
         self, i: int, raw: dict[str, str], res: ValidationResult
     ) -> tuple[tuple[str, str], ...]:
         if len(raw) > MAX_TAGS:
-            res.error(i, None, f"{len(raw)} tags; at most {MAX_TAGS} are allowed")
+            res.error(i, None, f"{len(raw)} tags; at most {MAX_TAGS} are allowed", INVALID_TAG)
             return ()
         good = self._good_tag_keys
         replaced = False
@@ -608,16 +623,21 @@ class Validator:
                         None,
                         f"tag key {k[:80]!r} is not valid (1-64 of letters, digits, _ . -;"
                         " not starting with __)",
+                        INVALID_TAG,
                     )
                     continue
                 if k in RESERVED_TAGS:
-                    res.error(i, None, f"tag {k!r} is reserved: it is set from the API key")
+                    res.error(
+                        i, None, f"tag {k!r} is reserved: it is set from the API key", INVALID_TAG
+                    )
                     continue
                 good.add(k)
             if v in self._good_tag_values:
                 continue
             if not v or len(v) > MAX_TEXT_VALUE or not TEXT_VALUE_RE.fullmatch(v):
-                res.error(i, None, f"tag {k!r}: 1-256 characters, no control characters")
+                res.error(
+                    i, None, f"tag {k!r}: 1-256 characters, no control characters", INVALID_TAG
+                )
             elif len(self._good_tag_values) < 10_000:
                 self._good_tag_values.add(v)
         if replaced:
@@ -637,7 +657,7 @@ class Validator:
             alone = ValidationResult()
             hit = memo[id(raw)] = (self._tags(0, raw, alone), [e["reason"] for e in alone.errors])
         for reason in hit[1]:
-            res.error(i, None, reason)
+            res.error(i, None, reason, INVALID_TAG)
         return hit[0]
 
     def _unknown(
@@ -654,27 +674,39 @@ class Validator:
             return
         if self.unknown == "reject":
             shown = name if len(name) <= MAX_NAME_SHOWN else name[:MAX_NAME_SHOWN] + "..."
-            res.error(i, name, f"unknown field {meas}.{shown} (not in the field configuration)")
+            res.error(
+                i,
+                name,
+                f"unknown field {meas}.{shown} (not in the field configuration)",
+                UNKNOWN_FIELD,
+            )
             return
         # discover
         if not FIELD_NAME_RE.fullmatch(name):
-            res.error(i, name, f"field name {name[:80]!r} is not valid ({FIELD_NAME_HELP})")
+            res.error(
+                i, name, f"field name {name[:80]!r} is not valid ({FIELD_NAME_HELP})", INVALID_NAME
+            )
             return
         ftype = infer_type(value)
         if ftype is None:
-            res.error(i, name, f"cannot infer a field type from {_type_name(value)}")
+            res.error(i, name, f"cannot infer a field type from {_type_name(value)}", INVALID_VALUE)
             return
         if isinstance(value, float) and not math.isfinite(value):
-            res.error(i, name, "value is not a finite number")
+            res.error(i, name, "value is not a finite number", INVALID_VALUE)
             return
         if ftype == "int":
             if not INT64_MIN <= value <= INT64_MAX:
-                res.error(i, name, "integer out of the 64-bit range")
+                res.error(i, name, "integer out of the 64-bit range", INVALID_VALUE)
                 return
             value = int(value)  # an Unsigned is stored as a plain int
         known = res.discovered.setdefault((meas, name), ftype)
         if known != ftype:
-            res.error(i, name, f"field {meas}.{name} seen as {known} and {ftype} in one request")
+            res.error(
+                i,
+                name,
+                f"field {meas}.{name} seen as {known} and {ftype} in one request",
+                INVALID_VALUE,
+            )
             return
         out[name] = value
 

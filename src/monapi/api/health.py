@@ -1,20 +1,23 @@
-"""/healthz (the process is alive) and /readyz (its stores answer)."""
+"""/healthz (the process is alive), /readyz (its stores answer) and /metrics (monapi's own
+metrics, for Prometheus)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
+from flask import Response, current_app, request
 
 from ..auth import requires
 from ..cache import get_coordinator
 from ..db import get_db
 from ..errors import ApiError, StoreUnavailable
+from ..observability import CONTENT_TYPE, get_telemetry, token_matches
 from ..schemas import Health
+from ..settings import Settings
 from ..tsdb import TimeSeriesStore
 from .common import blueprint, errors
 
-bp = blueprint("health", "Liveness and readiness", prefix="", secured=False)
+bp = blueprint("health", "Liveness, readiness and monapi's own metrics", prefix="", secured=False)
 BP = bp.name
 
 
@@ -56,3 +59,31 @@ def readyz() -> dict[str, Any]:
             details=[{"location": n, "reason": checks[n]["status"]} for n in failed],
         )
     return {"status": "ready", "checks": checks}
+
+
+_EXPOSITION = {
+    "description": "every metric of every worker, in the Prometheus text format (0.0.4)",
+    "content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
+}
+
+
+@bp.get("/metrics", responses={200: _EXPOSITION, **errors(401, 404)})
+@requires(BP)
+def metrics() -> Response:
+    """monapi's own metrics for Prometheus: requests, points accepted and rejected, writes to
+    the time-series store, servers by status. With MONAPI_METRICS_TOKEN set, the caller must
+    send it as ``Authorization: Bearer TOKEN``; MONAPI_METRICS_ENABLED=false turns it off."""
+    settings: Settings = current_app.extensions["monapi.settings"]
+    if not settings.metrics_enabled:
+        raise ApiError(404, "/metrics is turned off (MONAPI_METRICS_ENABLED=false)")
+    if settings.metrics_token is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise _metrics_unauthorized("/metrics needs MONAPI_METRICS_TOKEN as a bearer token")
+        if not token_matches(given.strip(), settings.metrics_token.get_secret_value()):
+            raise _metrics_unauthorized("wrong /metrics token")
+    return Response(get_telemetry().exposition(), mimetype=None, content_type=CONTENT_TYPE)
+
+
+def _metrics_unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, headers={"WWW-Authenticate": 'Bearer realm="monapi metrics"'})

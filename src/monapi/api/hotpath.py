@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, g
 
 from ..auth import AUTH_ERROR_ENVIRON, PRINCIPAL_ENVIRON, SERVER, Principal, get_keys, key_from
-from ..errors import REQUEST_ID_HEADER, ApiError, request_id_for
+from ..errors import REQUEST_ID_ENVIRON, REQUEST_ID_HEADER, ApiError, request_id_for
 from ..ratelimit import KEY_WAIT_ENVIRON, key_hit
 from ..settings import Settings
 
@@ -168,7 +168,9 @@ class HotPath:
         ):
             return self.next(environ, start_response)
         outcome: Outcome | None = None
+        rid = environ[REQUEST_ID_ENVIRON] = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
         with self.app.app_context():
+            g.request_id = rid  # for the log lines of what follows
             principal = self._principal(key, environ)
             if principal is not None:
                 try:
@@ -187,7 +189,6 @@ class HotPath:
         if outcome is None:  # Flask answers (and pushes its own contexts, as always)
             return self.next(environ, start_response)
         if outcome.value is None and outcome.error is None:  # 204: every point stored
-            rid = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
             start_response(_NO_CONTENT, [_CONTENT_TYPE, _NOSNIFF, (REQUEST_ID_HEADER, rid)])
             self.log_access("POST", PATH, 204, lambda: rid, t0)
             return []

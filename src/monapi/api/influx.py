@@ -34,6 +34,7 @@ from ..errors import ApiError
 from ..fastpath import line_protocol
 from ..ingest import ValidationResult, Validator, read_body
 from ..lpparse import LineError, ParsedLine, parse
+from ..observability import INVALID_LINE, get_telemetry
 from ..schemas import InfluxQueryResult
 from ..settings import Settings
 from ..tsdb import Point
@@ -242,6 +243,8 @@ def _refusal(
     lines: list[ParsedLine], bad: list[LineError], res: ValidationResult | None
 ) -> ApiError:
     """The 400 for a write where some lines were refused, in InfluxDB's words."""
+    if bad:
+        get_telemetry().refused(INVALID_LINE, len(bad))
     unparsed = [f"unable to parse '{e.line}': {e.reason}" for e in bad]
     details: list[dict[str, Any]] = [
         {"line": e.lineno, "field": None, "reason": f"unable to parse: {e.reason}"} for e in bad

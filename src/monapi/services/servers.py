@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from flask import current_app
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import auth
+from .. import auth, db
 from ..cache import get_coordinator
 from ..errors import ApiError
 from ..models import ApiKey, Server, utcnow
@@ -198,6 +198,21 @@ def list_servers(
     total = session.execute(select(func.count()).select_from(q.subquery())).scalar_one()
     items = session.execute(q.offset((page - 1) * per_page).limit(per_page)).scalars().all()
     return list(items), int(total)
+
+
+def count_by_status() -> dict[str, int]:
+    """How many servers are online, offline and never_seen (enabled ones), and disabled."""
+    get_coordinator().flush_seen()  # counted in SQL: write what this process holds
+    k = settings().offline_after_intervals
+    seen = Server.last_seen
+    status = case(
+        (Server.enabled.is_(False), "disabled"),
+        (seen.is_(None), "never_seen"),
+        (seen >= time.time() - Server.interval * k, "online"),
+        else_="offline",
+    ).label("status")
+    rows = db.session().execute(select(status, func.count()).group_by(status)).all()
+    return {str(name): int(n) for name, n in rows}
 
 
 def page_links(

@@ -29,6 +29,7 @@ from ...ingest import (
     decode_points,
     read_body,
 )
+from ...observability import get_telemetry
 from ...schemas import IngestResult
 from ...settings import Settings
 from ...tsdb import Point, TimeSeriesStore, WriteBatch
@@ -144,14 +145,17 @@ def store_points(
     ).validate(points)
     if res.discovered and res.points:
         registry.discover(db.session(), res.discovered)
+    telemetry = get_telemetry()
     if res.points:
         store: TimeSeriesStore = current_app.extensions["monapi.tsdb"]
-        refused = store.write(
-            [WriteBatch(principal.server_id, principal.hostname or "", res.points)]
-        )
+        with telemetry.writing(len(res.points)):
+            refused = store.write(
+                [WriteBatch(principal.server_id, principal.hostname or "", res.points)]
+            )
         if refused:
             res.refused_by_store(refused)
     get_coordinator().mark_seen(principal.server_id, time.time())
+    telemetry.ingested(res)
     return res
 
 
@@ -200,11 +204,14 @@ def store_encoded(
         return None
     data, count = got
     points = LazyPoints(count, lambda: exact(validator()))
-    refused = store.write([WriteBatch(server_id, hostname, points, EncodedLines(data, count))])
+    telemetry = get_telemetry()
+    with telemetry.writing(count):
+        refused = store.write([WriteBatch(server_id, hostname, points, EncodedLines(data, count))])
     res = ValidationResult(points, list(range(count)))
     if refused:
         res.refused_by_store(refused)
     get_coordinator().mark_seen(server_id, time.time())
+    telemetry.ingested(res)
     return res
 
 
