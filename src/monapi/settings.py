@@ -154,7 +154,9 @@ class Settings(BaseSettings):
         description="InfluxDB retention policy (duration MONAPI_RETENTION), created if missing",
     )
     influxdb_username: str | None = Field(None, description="InfluxDB user, if auth is enabled")
-    influxdb_password: SecretStr | None = Field(None, description="InfluxDB password")
+    influxdb_password: SecretStr | None = Field(
+        None, description="InfluxDB password, if auth is enabled"
+    )
     victoriametrics_url: str = Field(
         "http://127.0.0.1:8428",
         description="VictoriaMetrics single-node URL, or the vminsert URL of a cluster",
@@ -255,8 +257,8 @@ class Settings(BaseSettings):
     )
     key_pepper: SecretStr | None = Field(
         None,
-        description="server-side secret mixed into API-key digests; default a generated file "
-        "DATA_DIR/key_pepper (set it explicitly when several instances share one database)",
+        description="server-side secret mixed into API-key digests, the same on every instance "
+        "that shares the database; default a generated file DATA_DIR/key_pepper",
     )
     secret_key: SecretStr | None = Field(
         None, description="Flask secret key; default a generated file DATA_DIR/secret_key"
