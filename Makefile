@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install engines serve test lint format bench agent-wheel clean
+.PHONY: install engines serve test lint format docs bench agent-wheel clean
 
 # Debian packages of the engines the tests start as throwaway processes.
 ENGINE_PKGS := influxdb victoria-metrics chromium
@@ -23,19 +23,25 @@ serve: $(STAMP)
 	$(BIN)/monapi serve
 
 ## Install the InfluxDB, VictoriaMetrics and Chromium packages the tests need, if missing (as
-## root or with sudo); PostgreSQL and Redis are expected to be running already.
+## root or with sudo); PostgreSQL and Redis are expected to be running already. Also the
+## docker-compose CLI (tests/test_deploy.py validates docker-compose.yml with it), without its
+## recommended docker.io: no Docker engine is installed or needed.
 engines:
-	@missing=""; \
+	@missing=""; norec=""; \
 	command -v influxd >/dev/null 2>&1 || missing="$$missing influxdb"; \
 	command -v victoria-metrics >/dev/null 2>&1 || missing="$$missing victoria-metrics"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
+	command -v docker-compose >/dev/null 2>&1 || norec="docker-compose"; \
+	if [ -n "$$missing$$norec" ]; then \
+	  echo "installing Debian packages:$$missing $$norec"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; \
-	  else echo "cannot install$$missing: not root and no sudo (the tests will say so)"; exit 0; fi; \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing \
-	    || { $$SUDO apt-get update -q && \
-	         $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; \
+	  else echo "cannot install$$missing $$norec: not root and no sudo (the tests will say so)"; exit 0; fi; \
+	  apt_install() { \
+	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$$@" \
+	      || { $$SUDO apt-get update -q && \
+	           $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$$@"; }; }; \
+	  if [ -n "$$missing" ]; then apt_install $$missing || exit 1; fi; \
+	  if [ -n "$$norec" ]; then apt_install --no-install-recommends $$norec || exit 1; fi; \
 	fi
 
 ## Set up (first time), lint, type-check and run the whole test suite.
@@ -50,6 +56,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src agent tests bench
 	$(BIN)/ruff check --fix src agent tests bench
+
+## Regenerate docs/configuration.md, docs/api.md and docs/openapi.json from the code (a test
+## fails when they are out of date).
+docs: $(STAMP)
+	$(BIN)/python -m monapi.docgen
 
 ## Benchmark: gunicorn on loopback, bulk JSON ingestion and agent-sized requests.
 bench: $(STAMP)
