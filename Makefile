@@ -22,7 +22,8 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/monapi serve
 
-## Install the InfluxDB, VictoriaMetrics and Chromium packages the tests need, if missing (as
+## Install the InfluxDB, VictoriaMetrics, Chromium and sqlite3 packages the tests need, if
+## missing (as
 ## root or with sudo); PostgreSQL and Redis are expected to be running already. Also the
 ## docker-compose CLI (tests/test_deploy.py validates docker-compose.yml with it), without its
 ## recommended docker.io: no Docker engine is installed or needed.
@@ -31,6 +32,7 @@ engines:
 	command -v influxd >/dev/null 2>&1 || missing="$$missing influxdb"; \
 	command -v victoria-metrics >/dev/null 2>&1 || missing="$$missing victoria-metrics"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	command -v sqlite3 >/dev/null 2>&1 || missing="$$missing sqlite3"; \
 	command -v docker-compose >/dev/null 2>&1 || norec="docker-compose"; \
 	if [ -n "$$missing$$norec" ]; then \
 	  echo "installing Debian packages:$$missing $$norec"; \
