@@ -140,3 +140,56 @@ def test_the_schema_version_check_agrees_with_alembic_without_importing_it(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_instances_starting_at_once_on_an_empty_postgresql_set_it_up_once(
+    tmp_path: Path,
+) -> None:
+    """Several instances (gunicorn masters, each running the first-start set-up) on one new
+    database at the same moment: each start succeeds, and the set-up happens exactly once."""
+    import os
+    import subprocess
+    import sys
+
+    from sqlalchemy import func, select, text
+
+    from monapi.models import ApiKey
+
+    from . import engines
+
+    start = (
+        "import sys, time; from monapi.bootstrap import initialize;"
+        " from monapi.settings import load_settings;"
+        " s = load_settings({'data_dir': sys.argv[1], 'database_url': sys.argv[2],"
+        " 'key_pepper': 'p' * 32});"
+        " time.sleep(max(0.0, float(sys.argv[3]) - time.time()));"
+        " print('token' if initialize(s) else 'none')"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONAPI_")}
+    with engines.postgresql_database() as url:
+        at = time.time() + 3  # every process imported monapi by then: they start together
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", start, str(tmp_path / str(i)), url, str(at)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for i in range(4)
+        ]
+        results = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
+        assert sorted(out.strip() for out, _ in results) == ["none", "none", "none", "token"]
+        db = Database(url)
+        try:
+            with db.session() as s:
+                assert s.execute(select(func.count()).select_from(ApiKey)).scalar_one() == 1
+                fields = s.execute(text("SELECT count(*) FROM fields")).scalar_one()
+                distinct = s.execute(
+                    text("SELECT count(DISTINCT measurement || '.' || name) FROM fields")
+                ).scalar_one()
+                assert fields == distinct > 0  # the default fields, once each
+            assert db.current_revision() == db.head_revision()
+        finally:
+            db.dispose()

@@ -30,6 +30,14 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert s.resolved_database_url.startswith("postgresql+psycopg://")
 
 
+def test_a_postgres_url_as_platforms_give_it_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cloud Foundry's and Heroku's database services hand out postgres://, which SQLAlchemy 2
+    # no longer accepts.
+    monkeypatch.setenv("MONAPI_DATABASE_URL", "postgres://u:pw@db.internal:5432/monapi")
+    s = load_settings()
+    assert s.resolved_database_url == "postgresql+psycopg://u:pw@db.internal:5432/monapi"
+
+
 @pytest.mark.parametrize(
     ("var", "value", "hint"),
     [

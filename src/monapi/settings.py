@@ -350,6 +350,8 @@ class Settings(BaseSettings):
     def _check_url(cls, v: str | None) -> str | None:
         if v is None or v == "":
             return None
+        if v.startswith("postgres://"):  # what Heroku, Cloud Foundry brokers and others give
+            v = "postgresql://" + v[len("postgres://") :]
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", v):
             raise ValueError("expected sqlite:///PATH or postgresql://USER@HOST/DB")
         return v
