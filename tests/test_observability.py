@@ -140,6 +140,51 @@ def test_a_time_series_store_that_does_not_answer_counts_as_write_errors(tmp_pat
     )
 
 
+def test_writes_waiting_on_a_frozen_engine_show_as_in_progress(
+    tmp_path: Path, influxdb_url: str
+) -> None:
+    # InfluxDB behind a proxy that stops forwarding: pushes wait for their write.
+    from .test_faults_stores import TcpProxy
+
+    proxy = TcpProxy(int(influxdb_url.rsplit(":", 1)[1]))
+    try:
+        app, token = make_app(
+            tmp_path,
+            tsdb="influxdb",
+            influxdb_url=f"http://127.0.0.1:{proxy.port}",
+            influxdb_database="monapi_inflight",
+            tsdb_timeout="20s",
+        )
+        client = app.test_client()
+        key = register_server(client, token)["api_key"]
+        point = {"measurement": "cpu", "fields": {"usage_percent": 1.0}}
+        assert push(client, key, point).status_code == 204  # database made, connection open
+        proxy.hang()
+
+        def gauge() -> float:
+            return value(scrape(client), "monapi_tsdb_writes_in_progress", backend="influxdb")
+
+        with ThreadPoolExecutor(3) as pool:
+            pushes = [
+                pool.submit(lambda: push(app.test_client(), key, point).status_code)
+                for _ in range(3)
+            ]
+            deadline = time.monotonic() + 10
+            while gauge() != 3:  # published within a second
+                assert time.monotonic() < deadline, gauge()
+                time.sleep(0.2)
+            assert not any(p.done() for p in pushes)
+            proxy.restore()  # the hung connection is closed: the write is retried or fails
+            codes = [p.result(timeout=60) for p in pushes]
+        assert set(codes) <= {204, 503}, codes
+        deadline = time.monotonic() + 10
+        while gauge() != 0:
+            assert time.monotonic() < deadline, gauge()
+            time.sleep(0.2)
+    finally:
+        proxy.close()
+
+
 def test_servers_are_counted_by_status(client: FlaskClient, admin_token: str) -> None:
     pushing = register_server(client, admin_token, "web-01")
     register_server(client, admin_token, "web-02")  # never pushes

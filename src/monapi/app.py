@@ -295,4 +295,5 @@ def shutdown(app: Flask) -> None:
     """Write what is buffered and close every store of the app (worker exit, tests)."""
     app.extensions["monapi.cache"].close()
     app.extensions["monapi.tsdb"].close()
+    app.extensions["monapi.telemetry"].close()
     app.extensions["monapi.db"].dispose()

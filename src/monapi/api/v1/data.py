@@ -148,10 +148,11 @@ def store_points(
     telemetry = get_telemetry()
     if res.points:
         store: TimeSeriesStore = current_app.extensions["monapi.tsdb"]
-        with telemetry.writing(len(res.points)):
-            refused = store.write(
-                [WriteBatch(principal.server_id, principal.hostname or "", res.points)]
-            )
+        refused = telemetry.write(
+            store,
+            [WriteBatch(principal.server_id, principal.hostname or "", res.points)],
+            len(res.points),
+        )
         if refused:
             res.refused_by_store(refused)
     get_coordinator().mark_seen(principal.server_id, time.time())
@@ -205,8 +206,9 @@ def store_encoded(
     data, count = got
     points = LazyPoints(count, lambda: exact(validator()))
     telemetry = get_telemetry()
-    with telemetry.writing(count):
-        refused = store.write([WriteBatch(server_id, hostname, points, EncodedLines(data, count))])
+    refused = telemetry.write(
+        store, [WriteBatch(server_id, hostname, points, EncodedLines(data, count))], count
+    )
     res = ValidationResult(points, list(range(count)))
     if refused:
         res.refused_by_store(refused)
