@@ -289,7 +289,9 @@ class Settings(BaseSettings):
         5, ge=0, le=1000, description="rotated log files kept (FILE.1, FILE.2, ...)"
     )
     metrics_enabled: bool = Field(
-        True, description="serve monapi's own metrics at /metrics (Prometheus text format)"
+        True,
+        description="count and serve monapi's own metrics at /metrics (Prometheus text "
+        "format); false: /metrics is a 404 and nothing is counted",
     )
     metrics_token: SecretStr | None = Field(
         None,
