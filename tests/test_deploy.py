@@ -15,8 +15,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,18 +33,14 @@ from packaging.specifiers import SpecifierSet
 
 from monapi.settings import ENV_PREFIX, ConfigError, Settings, load_settings
 
+from .engines import free_port, stop_group
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 GUNICORN_CONF = "python:monapi.gunicorn_conf"
 SERVICES = {"monapi", "postgres", "redis", "influxdb", "victoriametrics"}
 ENGINES = {"influxdb", "victoriametrics"}
 SETTING_NAMES = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def random_secret() -> str:
@@ -300,16 +294,6 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: fl
     pytest.fail(f"{url} did not answer 200 within {timeout} s:\n{log.read_text()}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 def base_env() -> dict[str, str]:
     """This environment without MONAPI_* settings, with this virtualenv first on PATH (where
     the image has its Python and gunicorn)."""
@@ -364,7 +348,7 @@ def test_the_image_command_starts_on_an_empty_data_dir_and_its_healthcheck_follo
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
             assert resp.status == 200
     finally:
-        stop(proc)
+        stop_group(proc)
     down = subprocess.run(check, env=image_env, capture_output=True, timeout=30, check=False)
     assert down.returncode != 0, "the HEALTHCHECK passed with the server stopped"
 
@@ -748,7 +732,7 @@ def test_procfile_web_command_serves_healthz_on_port(tmp_path: Path) -> None:
         wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, log)
         assert f"0.0.0.0:{port}" in log.read_text()
     finally:
-        stop(proc)
+        stop_group(proc)
 
 
 # systemd ----------------------------------------------------------------------------------------

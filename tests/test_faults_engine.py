@@ -246,13 +246,7 @@ def serving(data: Path, env: dict[str, str]) -> Iterator[Monapi]:
         token = next(w for w in log.read_text().split() if w.startswith("mka_"))
         yield Monapi(proc, base, log, token)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        engines.stop_group(proc)
 
 
 @dataclass

@@ -10,9 +10,7 @@ again).
 from __future__ import annotations
 
 import contextlib
-import os
 import select
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -287,15 +285,7 @@ def serving(
         for proxy in proxies:
             proxy.restore()
         for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            engines.stop_group(proc)
 
 
 HOST = {"hostname": "web-01", "ip_address": "192.0.2.10"}

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monapi.logs import file_handler
 
 from .conftest import bearer, make_app, push, register_server
-from .engines import free_port
+from .engines import free_port, stop_group
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -410,8 +410,7 @@ def two_workers(tmp_path: Path) -> Iterator[dict[str, Any]]:
         )
         yield {"base": base, "proc": proc, "dir": metrics_dir, "token": token, "err": err}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop_group(proc)
 
 
 def _per_worker(metrics_dir: Path, route: str) -> dict[str, float]:

@@ -11,8 +11,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +30,8 @@ from monapi.app import shutdown
 
 from . import engines
 from .conftest import _created, bearer, make_app, push, register_server
+from .engines import free_port
+from .test_serve import call as serve_call
 
 pytestmark = pytest.mark.slow
 
@@ -61,28 +61,12 @@ def run(*cmd: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def call(
     base: str, method: str, path: str, token: str | None = None, body: Any = None
 ) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            raw = resp.read()
-            return resp.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        return exc.code, json.loads(raw) if raw else None
+    """tests/test_serve.py's ``call`` without the headers."""
+    status, answer, _ = serve_call(base, method, path, token, body)
+    return status, answer
 
 
 class Served:
@@ -127,13 +111,7 @@ class Served:
         return found.group(0)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        engines.stop_group(self.proc)
 
 
 @pytest.fixture
