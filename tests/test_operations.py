@@ -322,14 +322,7 @@ def test_influxdb_portable_backup_restores_into_a_new_influxd(tmp_path: Path) ->
         rpc = _rpc_address(tmp_path / "influx-b")
         run(influxd, "restore", "-portable", "-db", "monapi", "-host", rpc, backup)
         app2 = _app_without_bootstrap(tmp_path / "data", tsdb="influxdb", influxdb_url=url_b)
-        resp = app2.test_client().get(
-            f"/api/v1/servers/{sid}/metrics?fields=cpu.usage_percent"
-            f"&start={T0}&end={T0 + 99}&step=1s&agg=last",
-            headers=bearer(key),
-        )
-        assert resp.status_code == 200, resp.get_json()
-        (series,) = resp.get_json()["series"]
-        assert {ts - T0: v for ts, v in series["points"]} == {i: value(i) for i in range(100)}
+        _assert_the_100_points_read_back(app2, sid, key)
 
 
 def test_victoriametrics_backup_restores_into_a_new_node(tmp_path: Path) -> None:
@@ -357,11 +350,16 @@ def test_victoriametrics_backup_restores_into_a_new_node(tmp_path: Path) -> None
         app2 = _app_without_bootstrap(
             tmp_path / "data", tsdb="victoriametrics", victoriametrics_url=url_b
         )
-        resp = app2.test_client().get(
-            f"/api/v1/servers/{sid}/metrics?fields=cpu.usage_percent"
-            f"&start={T0}&end={T0 + 99}&step=1s&agg=last",
-            headers=bearer(key),
-        )
-        assert resp.status_code == 200, resp.get_json()
-        (series,) = resp.get_json()["series"]
-        assert {ts - T0: v for ts, v in series["points"]} == {i: value(i) for i in range(100)}
+        _assert_the_100_points_read_back(app2, sid, key)
+
+
+def _assert_the_100_points_read_back(app: Flask, sid: int, key: str) -> None:
+    """The 100 points pushed before the backup, read through monapi from the restored engine."""
+    resp = app.test_client().get(
+        f"/api/v1/servers/{sid}/metrics?fields=cpu.usage_percent"
+        f"&start={T0}&end={T0 + 99}&step=1s&agg=last",
+        headers=bearer(key),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    (series,) = resp.get_json()["series"]
+    assert {ts - T0: v for ts, v in series["points"]} == {i: value(i) for i in range(100)}
