@@ -16,7 +16,8 @@ from monapi.app import shutdown
 from monapi.db import Database
 from monapi.models import Base
 
-from .conftest import bearer, make_app, push, register_server
+from . import engines
+from .conftest import _created, bearer, make_app, push, register_server
 
 
 def _no_drift(url: str) -> None:
@@ -155,8 +156,6 @@ def test_instances_starting_at_once_on_an_empty_postgresql_set_it_up_once(
 
     from monapi.models import ApiKey
 
-    from . import engines
-
     start = (
         "import sys, time; from monapi.bootstrap import initialize;"
         " from monapi.settings import load_settings;"
@@ -193,3 +192,23 @@ def test_instances_starting_at_once_on_an_empty_postgresql_set_it_up_once(
             assert db.current_revision() == db.head_revision()
         finally:
             db.dispose()
+
+
+def test_the_postgresql_pool_follows_its_settings(
+    tmp_path: Path, pg_databases: engines.PostgresDatabases
+) -> None:
+    url = pg_databases.new()
+    app, _ = make_app(tmp_path, database_url=url, database_pool_size=3, database_max_overflow=1)
+    pool = app.extensions["monapi.db"].engine.pool
+    assert (pool.size(), pool._max_overflow) == (3, 1)
+    # 4 connections at most: a fifth waits for one to come back.
+    conns = [app.extensions["monapi.db"].engine.connect() for _ in range(4)]
+    try:
+        assert pool.checkedout() == 4
+        assert pool.overflow() == 1
+    finally:
+        for c in conns:
+            c.close()
+    shutdown(app)
+    _created.remove(app)
+    pg_databases.drop(url)

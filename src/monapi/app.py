@@ -150,7 +150,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(flask_config)
     app.extensions["monapi.settings"] = settings
     register_error_handlers(app)
-    database = db.init_app(app, settings.resolved_database_url)
+    database = db.init_app(
+        app,
+        settings.resolved_database_url,
+        settings.database_pool_size,
+        settings.database_max_overflow,
+    )
     _check_schema(database)
     cache.init_app(
         app,

@@ -36,9 +36,10 @@ PG_CONNECT_TIMEOUT_S = 5
 PG_ANSWER_TIMEOUT_S = 5.0
 
 
-def make_engine(url: str) -> Engine:
-    """An engine tuned for the backend: WAL and a busy timeout on SQLite, pre-ping and bounded
-    waits on PostgreSQL."""
+def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
+    """An engine tuned for the backend: WAL and a busy timeout on SQLite, pre-ping, bounded
+    waits and a pool of ``pool_size`` (+ ``max_overflow`` at peaks) connections on
+    PostgreSQL."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -56,7 +57,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
     if engine.dialect.driver == "psycopg":
         bounded = _bounded_connection_class()
 
@@ -103,9 +104,9 @@ def _bounded_connection_class() -> Any:
 class Database:
     """Engine plus session factory, kept in ``app.extensions['monapi.db']``."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = 10, max_overflow: int = 20) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size, max_overflow)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         self.backend = self.engine.dialect.name  # sqlite or postgresql
         # Exceptions that mean "the store did not answer" (503); set by init_app.
@@ -174,9 +175,9 @@ class Database:
         self.engine.dispose()
 
 
-def init_app(app: Flask, url: str) -> Database:
+def init_app(app: Flask, url: str, pool_size: int = 10, max_overflow: int = 20) -> Database:
     """Attach the configuration store; sessions live for one request."""
-    db = Database(url)
+    db = Database(url, pool_size, max_overflow)
     app.extensions[EXT] = db
     # The database not answering (refused, reset, timed out, locked) is a 503 with Retry-After,
     # never a 500. The driver's own errors too: raw DBAPI connections raise them unwrapped.

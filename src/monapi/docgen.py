@@ -62,7 +62,7 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "Configuration store",
         "Servers, keys, fields, users and sessions: SQLite by default, or PostgreSQL.",
-        ("database_url",),
+        ("database_url", "database_pool_size", "database_max_overflow"),
     ),
     (
         "Time-series store",

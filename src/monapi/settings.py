@@ -118,6 +118,20 @@ class Settings(BaseSettings):
         None,
         description="SQLAlchemy URL of the configuration store; default sqlite:///DATA_DIR/monapi.db",
     )
+    database_pool_size: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections each worker keeps open (most requests, agent pushes "
+        "with a known key among them, use none); workers x instances x (this + "
+        "MONAPI_DATABASE_MAX_OVERFLOW) must stay under the server's max_connections",
+    )
+    database_max_overflow: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description="more PostgreSQL connections a worker may open at a peak, closed after use",
+    )
     tsdb: Literal["sqlite", "influxdb", "victoriametrics"] = Field(
         "sqlite", description="time-series backend: sqlite, influxdb, victoriametrics"
     )
