@@ -276,6 +276,8 @@ def test_each_worker_freezes_what_start_up_made_out_of_the_collectors_sight(
     import monapi
 
     monkeypatch.setenv("MONAPI_DATA_DIR", str(tmp_path))
+    # Set, so that the config neither makes a directory nor leaves the variable behind.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     conf = runpy.run_path(str(Path(monapi.__file__).parent / "gunicorn_conf.py"))
     gc.unfreeze()
     try:
