@@ -93,8 +93,9 @@ class Telemetry:
                 )
         # *_created series: noise (a scraper sees restarts as counters going down anyway)
         disable_created_metrics()  # type: ignore[no-untyped-call]
-        # Multiprocess: the values live in files, and a scrape reads those (``_scrape_registry``);
-        # else a registry of this app's own, so that two apps in one process do not mix.
+        # Multiprocess: the values live in files, and a scrape reads them all (the
+        # MultiProcessCollector in ``self._registry``); else a registry of this app's own, so
+        # that two apps in one process do not mix.
         own = None if self.multiprocess else CollectorRegistry()
         self.requests = Counter(
             "monapi_http_requests",
