@@ -64,6 +64,13 @@ def wait_for(
     return time.monotonic() - began
 
 
+def every_server_pushed(load: Load, diag: Callable[[], str]) -> None:
+    """Wait until the load has had 5 pushes of every server stored (204)."""
+    wait_for(
+        "every server pushed", lambda: load.each_server_has(lambda a: a.status == 204, 5), 20, diag
+    )
+
+
 def tail(path: Path, chars: int = 3000) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
@@ -547,12 +554,7 @@ def test_an_engine_stopped_under_load_gets_503s_and_monapi_recovers_without_a_re
     workers_before = monapi.workers()
     servers = [monapi.register(f"stop-{engine.kind}-{i}") for i in range(4)]
     with Load(monapi.base, servers) as load:
-        wait_for(
-            "every server pushed",
-            lambda: load.each_server_has(lambda a: a.status == 204, 5),
-            20,
-            stack.diag,
-        )
+        every_server_pushed(load, stack.diag)
         time.sleep(1.0)  # load while the engine answers
         engine.stop()
         stopped = time.monotonic()
@@ -602,12 +604,7 @@ def test_a_frozen_engine_times_out_into_503s_and_monapi_recovers_when_it_thaws(
     workers_before = monapi.workers()
     servers = [monapi.register(f"freeze-{engine.kind}-{i}") for i in range(4)]
     with Load(monapi.base, servers) as load:
-        wait_for(
-            "every server pushed",
-            lambda: load.each_server_has(lambda a: a.status == 204, 5),
-            20,
-            stack.diag,
-        )
+        every_server_pushed(load, stack.diag)
         time.sleep(1.0)
         engine.pause()
         frozen = time.monotonic()
@@ -674,12 +671,7 @@ def test_a_worker_killed_under_load_loses_no_acknowledged_point(
     assert len(workers) == 2, workers
     servers = [monapi.register(f"kill-{store}-{i}") for i in range(6)]
     with Load(monapi.base, servers, pace=0.01) as load:
-        wait_for(
-            "every server pushed",
-            lambda: load.each_server_has(lambda a: a.status == 204, 5),
-            20,
-            diag,
-        )
+        every_server_pushed(load, diag)
         time.sleep(0.5)
         # The worker holding most of the clients' keep-alive connections (with requests in
         # flight on them): its clients lose their connection.
