@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 
 from monapi import create_app
 from monapi.app import shutdown
@@ -116,6 +119,42 @@ def make_app(data_dir: Path, /, **overrides: Any) -> tuple[Flask, str]:
     app = create_app({**settings, "TESTING": True})
     _created.append(app)
     return app, token
+
+
+TSDB_BACKENDS = ["sqlite", "influxdb", "victoriametrics"]
+# One VictoriaMetrics serves the whole session: each test's server ids start apart.
+_vm_server_id_bases = itertools.count(1000, 1000)
+
+
+def backend_app(
+    request: pytest.FixtureRequest, data_dir: Path, backend: str, /, **overrides: Any
+) -> tuple[Flask, str, Callable[[], None]]:
+    """A fresh app on the named time-series backend (one of TSDB_BACKENDS, the engines being the
+    session's throwaway ones), its admin token, and what makes the engine show at once what was
+    just written (VictoriaMetrics buffers for a moment)."""
+    sync: Callable[[], None] = lambda: None  # noqa: E731
+    if backend == "influxdb":
+        overrides = {
+            "tsdb": "influxdb",
+            "influxdb_url": request.getfixturevalue("influxdb_url"),
+            "influxdb_database": f"t_{uuid.uuid4().hex[:12]}",
+            **overrides,
+        }
+    elif backend == "victoriametrics":
+        url = request.getfixturevalue("victoriametrics_url")
+        overrides = {"tsdb": "victoriametrics", "victoriametrics_url": url, **overrides}
+
+        def sync() -> None:
+            engines.vm_flush(url)
+
+    app, token = make_app(data_dir, **overrides)
+    if backend == "victoriametrics":
+        with app.extensions["monapi.db"].engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO sqlite_sequence (name, seq) VALUES ('servers', :seq)"),
+                {"seq": next(_vm_server_id_bases)},
+            )
+    return app, token, sync
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ not_a_server_error, status_code_conformance, content_type_conformance,
 response_headers_conformance, response_schema_conformance (formats included),
 positive_data_acceptance, negative_data_rejection, missing_required_header, unsupported_method,
 allow_header_conformance, ignored_auth (and the stateful ones, which have nothing to look at
-here). The one adjustment is in CONFIG: five operations may also refuse schema-valid input with
+here). The one adjustment is in CONFIG: a few operations may also refuse schema-valid input with
 the status their business validation uses, each with its reason.
 
 Each test runs with the configuration in SQLite and in PostgreSQL (the PostgreSQL runs
@@ -104,6 +104,12 @@ _CONFIG: dict[str, Any] = {
         _also_refused_with("PATCH", "/api/v1/fields/{id}", "422"),
         # expires_in must lie between 1 second and 10 years, also when written as text (30d).
         _also_refused_with("POST", "/api/v1/enrollment-tokens", "422"),
+        # Each kind of alert rule needs and refuses its own keys, server_ids and labels exclude
+        # each other, and the field must be configured with a type its aggregation fits.
+        _also_refused_with("POST", "/api/v1/alerts", "422"),
+        _also_refused_with("PATCH", "/api/v1/alerts/{id}", "422"),
+        # A silence names a rule or a server (that exist) and ends_at or duration, in the future.
+        _also_refused_with("POST", "/api/v1/alerts/silences", "422"),
         # The body is line protocol, which JSON Schema cannot describe: text that does not
         # parse, or lines the field configuration refuses, are InfluxDB's 400.
         _also_refused_with("POST", "/write", "400"),
@@ -213,6 +219,23 @@ def _populate(app: Flask, admin: str) -> World:
     }
     r = push(client, s1["api_key"], points)
     assert r.status_code == 204, r.get_json()
+    r = client.post(  # alert rule 1 and silence 1, for the /alerts/{id} operations
+        "/api/v1/alerts",
+        json={
+            "name": "cpu",
+            "measurement": "cpu",
+            "field": "usage_percent",
+            "condition": ">",
+            "threshold": 90,
+            "labels": {"role": "web"},
+        },
+        headers=bearer(admin),
+    )
+    assert r.status_code == 201, r.get_json()
+    r = client.post(
+        "/api/v1/alerts/silences", json={"rule_id": 1, "duration": "1h"}, headers=bearer(admin)
+    )
+    assert r.status_code == 201, r.get_json()
     r = client.post(
         "/api/v1/enrollment-tokens",
         json={"name": "fleet", "expires_in": "1d", "max_uses": 5},
@@ -262,7 +285,8 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> An
     if "server_id" in aimed:
         choices.append({**aimed, "server_id": 2})
     if "id" in aimed:
-        choices.append({**aimed, "id": 1})  # cpu.usage_percent, the first default field
+        # cpu.usage_percent, the first default field; alert rule 1, silence 1
+        choices.append({**aimed, "id": 1})
     return st.sampled_from(choices)
 
 
@@ -520,7 +544,7 @@ def test_too_large_bodies_answer_as_documented(tmp_path: Path) -> None:
         for method, operation in item.items()
         if "requestBody" in operation
     ]
-    assert len(with_body) == 10
+    assert len(with_body) == 13
     for path, method, operation in with_body:
         assert "413" in operation["responses"], (method, path)
         key = server_key if takes_server_key(path) else admin

@@ -8,12 +8,10 @@ types. What a backend cannot store is refused with a reason naming the backend.
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import time
 import urllib.parse
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,6 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import text
 
 from monapi.tsdb import Point, Series, TimeSeriesStore, Value, WriteBatch
 from monapi.tsdb.influxdb import server_match
@@ -34,13 +31,11 @@ from monapi.tsdb.victoriametrics import (
     server_matcher,
 )
 
-from . import engines
-from .conftest import bearer, make_app, push, register_server
+from .conftest import TSDB_BACKENDS, backend_app, bearer, push, register_server
 from .test_queries import EXPECTED, SAMPLES
 
-BACKENDS = ["sqlite", "influxdb", "victoriametrics"]
+BACKENDS = TSDB_BACKENDS
 T0 = (int(time.time()) // 3600) * 3600 - 7200  # an hour boundary, one to two hours ago
-_server_id_bases = itertools.count(1000, 1000)
 
 
 @dataclass
@@ -86,30 +81,7 @@ class Backend:
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     name: str = request.param
-    overrides: dict[str, Any] = {}
-    sync: Callable[[], None] = lambda: None  # noqa: E731
-    if name == "influxdb":
-        url = request.getfixturevalue("influxdb_url")
-        overrides = {
-            "tsdb": "influxdb",
-            "influxdb_url": url,
-            "influxdb_database": f"t_{uuid.uuid4().hex[:12]}",
-        }
-    elif name == "victoriametrics":
-        url = request.getfixturevalue("victoriametrics_url")
-        overrides = {"tsdb": "victoriametrics", "victoriametrics_url": url}
-
-        def sync() -> None:
-            engines.vm_flush(url)
-
-    app, token = make_app(tmp_path / "data", **overrides)
-    if name == "victoriametrics":
-        # One VictoriaMetrics serves the whole session: start each test's server ids apart.
-        with app.extensions["monapi.db"].engine.begin() as conn:
-            conn.execute(
-                text("INSERT INTO sqlite_sequence (name, seq) VALUES ('servers', :seq)"),
-                {"seq": next(_server_id_bases)},
-            )
+    app, token, sync = backend_app(request, tmp_path / "data", name)
     return Backend(name, app, app.test_client(), token, sync)
 
 

@@ -24,7 +24,7 @@ from . import __version__, auth, cache, dashboard, db, fields, observability, ra
 from .api import health, influx
 from .api.hotpath import HotPath
 from .api.spec import MonapiOpenAPI
-from .api.v1 import agent, data, enrollment, metrics, servers
+from .api.v1 import agent, alerts, data, enrollment, metrics, servers
 from .api.v1 import fields as fields_api
 from .errors import (
     ApiError,
@@ -186,6 +186,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         data.bp,
         metrics.bp,
         agent.bp,
+        alerts.bp,
         influx.bp,
     ):
         app.register_api(bp)
@@ -297,7 +298,11 @@ def _install_request_logging(app: Flask, telemetry: observability.Telemetry | No
 
 
 def shutdown(app: Flask) -> None:
-    """Write what is buffered and close every store of the app (worker exit, tests)."""
+    """Stop the alert runner, write what is buffered and close every store of the app (worker
+    exit, tests)."""
+    from .alerting import runner
+
+    runner.stop(app)
     app.extensions["monapi.cache"].close()
     app.extensions["monapi.tsdb"].close()
     app.extensions["monapi.telemetry"].close()

@@ -136,6 +136,32 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ("log_level", "log_format", "log_file", "log_file_max_bytes", "log_file_backups"),
     ),
     ("Metrics", "monapi's own metrics, for Prometheus.", ("metrics_enabled", "metrics_token")),
+    (
+        "Alerts",
+        "Rule evaluation and where notifications go (rules themselves are managed through "
+        "`/api/v1/alerts` and the dashboard; see [alerts.md](alerts.md)).",
+        (
+            "alerts_enabled",
+            "alerts_interval",
+            "alert_webhook_url",
+            "alert_webhook_secret",
+            "alert_email_to",
+            "alert_notify_max_attempts",
+        ),
+    ),
+    (
+        "E-mail (SMTP)",
+        "The SMTP server alert e-mail goes through (used when `MONAPI_ALERT_EMAIL_TO` is set).",
+        (
+            "smtp_host",
+            "smtp_port",
+            "smtp_security",
+            "smtp_username",
+            "smtp_password",
+            "smtp_from",
+            "smtp_timeout",
+        ),
+    ),
 )
 
 _HTTP_URL = "URL: `http://HOST:PORT` or `https://HOST:PORT`, without user or password"

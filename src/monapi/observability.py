@@ -163,7 +163,11 @@ class Telemetry:
         self._publisher_pid = 0
         self._stop = threading.Event()
         self._children: dict[tuple[Any, ...], Any] = {}  # labels() takes a lock: once each
-        self._live: list[Collector] = [BuildInfo(settings, tsdb_backend), ServerCounts()]
+        self._live: list[Collector] = [
+            BuildInfo(settings, tsdb_backend),
+            ServerCounts(),
+            AlertCounts(),
+        ]
         self._registry = own if own is not None else CollectorRegistry()
         if self.multiprocess:
             MultiProcessCollector(self._registry)  # type: ignore[no-untyped-call]
@@ -385,6 +389,39 @@ class ServerCounts(Collector):
         )
         for status in self.STATUSES:
             family.add_metric([status], counts.get(status, 0))
+        yield family
+
+
+class AlertCounts(Collector):
+    """``monapi_alerts`` (pending and firing alerts by severity) and
+    ``monapi_alert_notifications`` (the outbox by status), from the configuration store at
+    scrape time: the same on every instance, whichever process evaluates."""
+
+    def collect(self) -> Iterable[Metric]:
+        from .services.alerts import alert_counts
+
+        try:
+            alerts, outbox = alert_counts()
+        except (StoreUnavailable, SQLAlchemyError) as exc:
+            warn_unavailable(log, "monapi_alerts left out of /metrics: %s", str(exc))
+            return
+        family = GaugeMetricFamily(
+            "monapi_alerts",
+            "Alerts (rule and server) pending or firing now, by severity.",
+            labels=["state", "severity"],
+        )
+        for state in ("pending", "firing"):
+            for severity in ("info", "warning", "critical"):
+                family.add_metric([state, severity], alerts.get((state, severity), 0))
+        yield family
+        family = GaugeMetricFamily(
+            "monapi_alert_notifications",
+            "Alert notifications in the outbox by status: pending (queued or waiting for a "
+            "retry), sent, failed (gave up).",
+            labels=["status"],
+        )
+        for status in ("pending", "sent", "failed"):
+            family.add_metric([status], outbox.get(status, 0))
         yield family
 
 

@@ -561,3 +561,361 @@ class Health(BaseModel):
 
 
 FIELD_TYPE_CHOICES = FIELD_TYPES
+
+
+# Alerts -------------------------------------------------------------------------------------
+CONDITIONS = (">", ">=", "<", "<=", "==", "!=")
+SEVERITIES = ("info", "warning", "critical")
+RULE_KINDS = ("threshold", "silent")
+MAX_ALERT_WINDOW_S = 7 * 86400
+MAX_ALERT_DURATION_S = 7 * 86400
+Condition = Literal[">", ">=", "<", "<=", "==", "!="]
+Severity = Literal["info", "warning", "critical"]
+Aggregation = Literal["mean", "min", "max", "last", "sum", "count"]
+DurationValue = DurationText | Annotated[float, BeforeValidator(_as_float)]
+"""A duration: seconds (a number) or text such as 90s, 5m, 2h."""
+ServerIds = Annotated[
+    list[Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_integral)]],
+    Field(min_length=1, max_length=1000),
+]
+
+
+def duration_seconds(v: str | float, name: str, lo: float, hi: float) -> float:
+    """A duration in seconds within [lo, hi], or ValueError naming ``name``."""
+    seconds = parse_duration(v)
+    if not lo <= seconds <= hi:
+        raise ValueError(f"{name} must be between {lo:g} s and {hi:g} s (got {seconds:g} s)")
+    return seconds
+
+
+class AlertRuleFields(Strict):
+    """What a rule is made of; every key optional, so that an update can say only what
+    changes. Creation adds the rules in :class:`AlertRuleCreate`."""
+
+    name: Text | None = Field(None, min_length=1, max_length=200, examples=["High CPU"])
+    description: Text | None = Field(None, max_length=2000)
+    measurement: str | None = Field(
+        None, max_length=64, examples=["cpu"], json_schema_extra={"pattern": MEASUREMENT_RE.pattern}
+    )
+    field: str | None = Field(
+        None,
+        max_length=128,
+        examples=["usage_percent"],
+        json_schema_extra={"pattern": FIELD_NAME_RE.pattern},
+    )
+    tags: Labels | None = Field(
+        None, description="threshold rules: only series with these tags (default every series)"
+    )
+    aggregation: Aggregation | None = Field(
+        None, description="threshold rules: how the window's values are combined (default mean)"
+    )
+    window: DurationValue | None = Field(
+        None,
+        description="threshold rules: the window the aggregation runs over, up to now "
+        "(seconds or 5m style; default 5m)",
+        examples=["5m"],
+    )
+    condition: Condition | None = Field(
+        None, description="threshold rules: value CONDITION threshold"
+    )
+    threshold: Bound | None = Field(None, description="threshold rules: the number compared with")
+    intervals: Annotated[float, Field(gt=0, le=10_000), BeforeValidator(_as_float)] | None = Field(
+        None,
+        description="silent rules: fire when a server has not pushed for this many of its "
+        "intervals (default 3)",
+    )
+    duration: DurationValue | None = Field(
+        None,
+        description="how long the condition must hold before the alert fires (seconds or 2m "
+        "style; default 0: at once)",
+    )
+    server_ids: ServerIds | None = Field(
+        None, description="only these servers; default every server (or those with labels)"
+    )
+    labels: Labels | None = Field(
+        None, description="only servers that have all these labels; default every server"
+    )
+    severity: Severity | None = None
+    enabled: bool | None = None
+
+    @field_validator("measurement")
+    @classmethod
+    def _m(cls, v: str | None) -> str | None:
+        if v is not None and not MEASUREMENT_RE.fullmatch(v):
+            raise ValueError(f"measurement: {MEASUREMENT_HELP}")
+        return v
+
+    @field_validator("field")
+    @classmethod
+    def _f(cls, v: str | None) -> str | None:
+        if v is not None and not FIELD_NAME_RE.fullmatch(v):
+            raise ValueError(f"field: {FIELD_NAME_HELP}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        # Names go into e-mail subjects and log lines: one line of printable text.
+        if v is not None and not TEXT_VALUE_RE.fullmatch(v):
+            raise ValueError("name must be one line without control characters")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str | float | None) -> str | float | None:
+        if v is not None:
+            duration_seconds(v, "window", 1, MAX_ALERT_WINDOW_S)
+        return v
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, v: str | float | None) -> str | float | None:
+        if v is not None:
+            duration_seconds(v, "duration", 0, MAX_ALERT_DURATION_S)
+        return v
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("threshold must be a finite number")
+        return v
+
+
+_THRESHOLD_ONLY = (
+    "measurement",
+    "field",
+    "tags",
+    "aggregation",
+    "window",
+    "condition",
+    "threshold",
+)
+
+
+class AlertRuleCreate(AlertRuleFields):
+    """A new rule: ``threshold`` (an aggregate of a field over a window against a number) or
+    ``silent`` (a server that stopped pushing)."""
+
+    name: Text = Field(min_length=1, max_length=200, examples=["High CPU"])
+    kind: Literal["threshold", "silent"] = "threshold"
+
+    @model_validator(mode="after")
+    def _kind(self) -> AlertRuleCreate:
+        check_rule_shape(self.kind, self.model_dump(exclude_unset=True))
+        return self
+
+
+def check_rule_shape(kind: str, given: dict[str, Any]) -> None:
+    """What each kind needs and refuses (ValueError naming the key)."""
+    present = {k for k, v in given.items() if v is not None}
+    if kind == "threshold":
+        missing = [
+            k for k in ("measurement", "field", "condition", "threshold") if k not in present
+        ]
+        if missing:
+            raise ValueError(f"a threshold rule needs {', '.join(missing)}")
+        if "intervals" in present:
+            raise ValueError("intervals applies to silent rules only")
+    else:
+        extra = [k for k in _THRESHOLD_ONLY if k in present]
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: only threshold rules have these")
+    if given.get("server_ids") is not None and given.get("labels"):
+        raise ValueError("give server_ids or labels, not both")
+
+
+class AlertRuleUpdate(AlertRuleFields):
+    """Change a rule: only the keys given change (null clears server_ids or labels); the kind
+    cannot change."""
+
+
+class AlertRuleOut(BaseModel):
+    id: int
+    name: str
+    description: str
+    kind: Literal["threshold", "silent"]
+    measurement: str | None
+    field: str | None
+    tags: dict[str, str]
+    aggregation: str | None
+    window: float | None = Field(description="seconds")
+    condition: str | None
+    threshold: float | None
+    intervals: float | None
+    duration: float = Field(description="seconds the condition must hold")
+    server_ids: list[int] | None
+    labels: dict[str, str]
+    severity: Severity
+    enabled: bool
+    expression: str = Field(description="the rule in words, as notifications show it")
+    firing: int = Field(description="servers it fires for now")
+    pending: int = Field(description="servers it is pending for now")
+    created_at: datetime
+    updated_at: datetime
+
+
+class AlertRuleList(BaseModel):
+    items: list[AlertRuleOut]
+    total: int
+
+
+class AlertStateQuery(Strict):
+    model_config = ConfigDict(strict=False, extra="forbid")
+    state: list[Literal["ok", "pending", "firing", "resolved"]] = Field(
+        default_factory=list, description="repeat for several; default pending and firing"
+    )
+    rule_id: int | None = Field(None, ge=1, le=2**31 - 1)
+    server_id: int | None = Field(None, ge=1, le=2**31 - 1)
+    severity: Severity | None = None
+
+
+class AlertStateOut(BaseModel):
+    rule_id: int
+    rule_name: str
+    severity: Severity
+    expression: str
+    server_id: int
+    hostname: str
+    state: Literal["ok", "pending", "firing", "resolved"]
+    value: float | None
+    series: dict[str, str]
+    since: datetime
+    pending_since: datetime | None
+    fired_at: datetime | None
+    resolved_at: datetime | None
+    evaluated_at: datetime
+    silenced: bool = Field(description="a silence mutes its notifications now")
+    notified: str | None = Field(description="the last event a notification was sent for")
+
+
+class AlertStateList(BaseModel):
+    items: list[AlertStateOut]
+    total: int
+
+
+class AlertHistoryQuery(Strict):
+    model_config = ConfigDict(strict=False, extra="forbid")
+    page: int = Field(1, ge=1, le=1_000_000)
+    per_page: int = Field(50, ge=1, le=500)
+    rule_id: int | None = Field(None, ge=1, le=2**31 - 1)
+    server_id: int | None = Field(None, ge=1, le=2**31 - 1)
+
+
+class AlertEventOut(BaseModel):
+    id: int
+    rule_id: int
+    rule_name: str
+    server_id: int
+    hostname: str
+    from_state: str
+    to_state: str
+    value: float | None
+    at: datetime
+    silenced: bool
+    reason: str
+
+
+class AlertHistoryPage(BaseModel):
+    items: list[AlertEventOut]
+    page: int
+    per_page: int
+    total: int
+    pages: int
+    links: Links
+
+
+class SilenceCreate(Strict):
+    rule_id: int | None = Field(None, ge=1, le=2**31 - 1, description="mute this rule")
+    server_id: int | None = Field(None, ge=1, le=2**31 - 1, description="mute this server")
+    ends_at: str | None = Field(
+        None,
+        max_length=64,
+        description="until when (RFC 3339 with a time zone); or give duration",
+        json_schema_extra={"format": "date-time"},
+        examples=["2026-11-22T08:00:00Z"],
+    )
+    duration: DurationValue | None = Field(
+        None, description="how long from now (seconds or 2h style); or give ends_at"
+    )
+    comment: Text = Field("", max_length=2000)
+
+    @field_validator("ends_at")
+    @classmethod
+    def _aware(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                dt = datetime.fromisoformat(v.strip())
+            except ValueError:
+                raise ValueError(f"ends_at {v[:64]!r} is not an RFC 3339 time") from None
+            if dt.tzinfo is None:
+                raise ValueError("ends_at needs a time zone (add Z or +00:00)")
+        return v
+
+    @field_validator("duration")
+    @classmethod
+    def _dur(cls, v: str | float | None) -> str | float | None:
+        if v is not None:
+            duration_seconds(v, "duration", 1, 366 * 86400)
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> SilenceCreate:
+        if self.rule_id is None and self.server_id is None:
+            raise ValueError("a silence needs rule_id, server_id or both")
+        if (self.ends_at is None) == (self.duration is None):
+            raise ValueError("give ends_at or duration (one of them)")
+        return self
+
+
+class SilenceOut(BaseModel):
+    id: int
+    rule_id: int | None
+    server_id: int | None
+    starts_at: datetime
+    ends_at: datetime
+    comment: str
+    created_by: str
+    created_at: datetime
+    active: bool
+
+
+class SilenceList(BaseModel):
+    items: list[SilenceOut]
+    total: int
+
+
+class SilenceListQuery(Strict):
+    model_config = ConfigDict(strict=False, extra="forbid")
+    expired: bool = Field(False, description="also list silences that have ended")
+
+
+class NotificationQuery(Strict):
+    model_config = ConfigDict(strict=False, extra="forbid")
+    page: int = Field(1, ge=1, le=1_000_000)
+    per_page: int = Field(50, ge=1, le=500)
+    status: Literal["pending", "sent", "failed"] | None = None
+
+
+class NotificationOut(BaseModel):
+    id: int
+    rule_id: int | None
+    server_id: int | None
+    event: Literal["firing", "resolved"]
+    channel: Literal["webhook", "email"]
+    status: Literal["pending", "sent", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str
+    created_at: datetime
+    sent_at: datetime | None
+    summary: str
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationOut]
+    page: int
+    per_page: int
+    total: int
+    pages: int
+    links: Links

@@ -313,6 +313,59 @@ class Settings(BaseSettings):
         "none: /metrics answers whoever reaches monapi",
     )
 
+    alerts_enabled: bool = Field(
+        True,
+        description="evaluate alert rules in the background and send their notifications; one "
+        "process of the whole deployment does it at a time (a lease in the configuration store)",
+    )
+    alerts_interval: Duration = Field(
+        30, description=f"how often alert rules are evaluated: {DURATION_HELP} (at least 1s)"
+    )
+    alert_webhook_url: str | None = Field(
+        None,
+        description="URL every alert notification is POSTed to as JSON; default none (no webhook)",
+    )
+    alert_webhook_secret: SecretStr | None = Field(
+        None,
+        description="key of the HMAC-SHA256 signature sent with each webhook notification "
+        "(X-Monapi-Signature-256: sha256=HEX of the body); default none: not signed",
+    )
+    alert_email_to: str | None = Field(
+        None,
+        description="comma-separated addresses alert notifications are mailed to (needs "
+        "MONAPI_SMTP_HOST); default none (no e-mail)",
+    )
+    alert_notify_max_attempts: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="attempts to deliver a notification (with growing waits, up to 15 minutes "
+        "apart) before it is marked failed",
+    )
+    smtp_host: str | None = Field(
+        None, description="SMTP server alert e-mail goes through; default none (no e-mail)"
+    )
+    smtp_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="SMTP port; default 465 with MONAPI_SMTP_SECURITY=ssl, 587 with starttls, "
+        "25 with none",
+    )
+    smtp_security: Literal["none", "starttls", "ssl"] = Field(
+        "starttls",
+        description="SMTP transport security: starttls (upgrade the connection), ssl (TLS from "
+        "the start) or none (plain; only where the relay is on this machine or network)",
+    )
+    smtp_username: str | None = Field(None, description="SMTP user, if the server wants a log-in")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password")
+    smtp_from: str | None = Field(
+        None, description="sender address of alert e-mail; default monapi@THIS-HOST"
+    )
+    smtp_timeout: Duration = Field(
+        10, description=f"how long to wait for the SMTP server or the webhook: {DURATION_HELP}"
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: object) -> object:
@@ -342,6 +395,40 @@ class Settings(BaseSettings):
                 "MONAPI_INFLUXDB_USERNAME and MONAPI_INFLUXDB_PASSWORD"
             )
         return v.rstrip("/")
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError("expected an http:// or https:// URL")
+        return v
+
+    @field_validator("alert_email_to")
+    @classmethod
+    def _check_email_to(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        addresses = [a.strip() for a in v.split(",") if a.strip()]
+        for a in addresses:
+            if not re.match(r"^[^@\s,<>]+@[^@\s,<>]+$", a):
+                raise ValueError(f"{a[:80]!r} is not an e-mail address (name@domain)")
+        return ", ".join(addresses)
+
+    @field_validator("smtp_timeout")
+    @classmethod
+    def _check_smtp_timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("give a timeout above 0, for example 10s")
+        return v
+
+    @field_validator("alerts_interval")
+    @classmethod
+    def _check_alerts_interval(cls, v: float) -> float:
+        if v < 1:
+            raise ValueError("alert rules are evaluated at most once a second: give 1s or more")
+        return v
 
     @field_validator("victoriametrics_tenant")
     @classmethod
@@ -396,6 +483,24 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _smtp_consistent(self) -> Settings:
+        if self.alert_email_to and not self.smtp_host:
+            raise ValueError(
+                f"{ENV_PREFIX}ALERT_EMAIL_TO is set but {ENV_PREFIX}SMTP_HOST is not: set the SMTP "
+                "server alert e-mail goes through, or unset ALERT_EMAIL_TO"
+            )
+        if (
+            self.smtp_username
+            and self.smtp_security == "none"
+            and self.smtp_host not in ("localhost", "127.0.0.1", "::1")
+        ):
+            raise ValueError(
+                f"{ENV_PREFIX}SMTP_USERNAME is set with {ENV_PREFIX}SMTP_SECURITY=none: the "
+                "password would cross the network in clear; set SMTP_SECURITY to starttls or ssl"
+            )
+        return self
+
     # Derived values -------------------------------------------------------------------------
     @property
     def resolved_database_url(self) -> str:
@@ -406,6 +511,13 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url[len("postgresql://") :]
             return url
         return f"sqlite:///{(self.data_dir / 'monapi.db').resolve()}"
+
+    @property
+    def resolved_smtp_port(self) -> int:
+        """The SMTP port: MONAPI_SMTP_PORT, else the usual one for the security chosen."""
+        if self.smtp_port is not None:
+            return self.smtp_port
+        return {"ssl": 465, "starttls": 587, "none": 25}[self.smtp_security]
 
     @property
     def resolved_tsdb_path(self) -> Path:

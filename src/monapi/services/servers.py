@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import auth, db
+from ..alerting.evaluate import retire
 from ..cache import get_coordinator
 from ..errors import ApiError
 from ..models import ApiKey, Server, utcnow
@@ -279,6 +280,8 @@ def rotate_key(session: Session, server: Server) -> str:
 def delete_server(session: Session, server: Server) -> None:
     """Delete the server, its key and every point it stored."""
     server_id = server.id
+    retire(session, settings(), reason="server deleted", server_id=server_id)
+    session.flush()  # the resolutions are queued before the states go with the server
     session.execute(delete(ApiKey).where(ApiKey.server_id == server_id))
     session.delete(server)
     get_coordinator().bump(session, "keys", "servers")

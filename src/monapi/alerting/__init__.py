@@ -1,0 +1,1 @@
+"""Alerting: rule evaluation, alert states, notifications and the evaluator lease."""
