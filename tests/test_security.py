@@ -372,7 +372,100 @@ REQUESTS: dict[tuple[str, str], Callable[[World, Target], Call]] = {
     ("POST", "/enrollment/{token_id}/revoke"): lambda w, t: Call(
         f"/enrollment/{t.token_id}/revoke", form={}
     ),
+    ("GET", "/api/v1/alerts"): lambda w, t: Call("/api/v1/alerts"),
+    ("POST", "/api/v1/alerts"): lambda w, t: Call(
+        "/api/v1/alerts", json={**_RULE, "name": w.name("rule")}
+    ),
+    ("GET", "/api/v1/alerts/{id}"): lambda w, t: Call(f"/api/v1/alerts/{_fresh_rule(w)}"),
+    ("PATCH", "/api/v1/alerts/{id}"): lambda w, t: Call(
+        f"/api/v1/alerts/{_fresh_rule(w)}", json={"threshold": 95}
+    ),
+    ("DELETE", "/api/v1/alerts/{id}"): lambda w, t: Call(f"/api/v1/alerts/{_fresh_rule(w)}"),
+    ("GET", "/api/v1/alerts/states"): lambda w, t: Call("/api/v1/alerts/states?state=firing"),
+    ("GET", "/api/v1/alerts/history"): lambda w, t: Call("/api/v1/alerts/history"),
+    ("GET", "/api/v1/alerts/silences"): lambda w, t: Call("/api/v1/alerts/silences"),
+    ("POST", "/api/v1/alerts/silences"): lambda w, t: Call(
+        "/api/v1/alerts/silences", json={"server_id": w.s1["id"], "duration": "1h"}
+    ),
+    ("GET", "/api/v1/alerts/silences/{id}"): lambda w, t: Call(
+        f"/api/v1/alerts/silences/{_fresh_silence(w)}"
+    ),
+    ("DELETE", "/api/v1/alerts/silences/{id}"): lambda w, t: Call(
+        f"/api/v1/alerts/silences/{_fresh_silence(w)}"
+    ),
+    ("GET", "/api/v1/alerts/notifications"): lambda w, t: Call("/api/v1/alerts/notifications"),
+    ("GET", "/alerts"): lambda w, t: Call("/alerts"),
+    ("GET", "/alerts/new"): lambda w, t: Call("/alerts/new"),
+    ("POST", "/alerts/new"): lambda w, t: Call("/alerts/new", form=_rule_form(w.name("rule"))),
+    ("GET", "/alerts/{rule_id}/edit"): lambda w, t: Call(f"/alerts/{_fresh_rule(w)}/edit"),
+    ("POST", "/alerts/{rule_id}/edit"): lambda w, t: Call(
+        f"/alerts/{_fresh_rule(w)}/edit", form=_rule_form(w.name("renamed"))
+    ),
+    ("POST", "/alerts/{rule_id}/toggle"): lambda w, t: Call(
+        f"/alerts/{_fresh_rule(w)}/toggle", form={}
+    ),
+    ("POST", "/alerts/{rule_id}/delete"): lambda w, t: Call(
+        f"/alerts/{_fresh_rule(w)}/delete", form={}
+    ),
+    ("POST", "/alerts/silences"): lambda w, t: Call(
+        "/alerts/silences", form={"server_id": str(w.s1["id"]), "duration": "1h"}
+    ),
+    ("POST", "/alerts/silences/{silence_id}/end"): lambda w, t: Call(
+        f"/alerts/silences/{_fresh_silence(w)}/end", form={}
+    ),
 }
+
+
+def _rule_form(name: str) -> dict[str, str]:
+    """The dashboard's rule form, filled in with a valid threshold rule."""
+    return {
+        "name": name,
+        "kind": "threshold",
+        "field": "cpu.usage_percent",
+        "aggregation": "mean",
+        "window": "5m",
+        "condition": ">",
+        "threshold": "90",
+        "target": "all",
+        "severity": "warning",
+        "enabled": "on",
+    }
+
+
+_RULE = {"measurement": "cpu", "field": "usage_percent", "condition": ">", "threshold": 90}
+
+
+def _rule_body() -> dict[str, Any]:
+    """Every property of an alert rule, with a value (the injection test fills each)."""
+    return {
+        **_RULE,
+        "description": "d",
+        "tags": {"role": "web"},
+        "aggregation": "mean",
+        "window": "5m",
+        "intervals": None,
+        "duration": "1m",
+        "server_ids": None,
+        "labels": {"role": "web"},
+        "severity": "warning",
+        "enabled": True,
+    }
+
+
+def _fresh_rule(w: World) -> int:
+    """The id of a new alert rule (made through the API)."""
+    body = {**_RULE, "name": w.name("rule")}
+    resp = w.api.post("/api/v1/alerts", json=body, headers=bearer(w.admin))
+    assert resp.status_code == 201, resp.get_json()
+    return int(resp.get_json()["id"])
+
+
+def _fresh_silence(w: World) -> int:
+    """The id of a new silence of the first server (made through the API)."""
+    body = {"server_id": w.s1["id"], "duration": "1h"}
+    resp = w.api.post("/api/v1/alerts/silences", json=body, headers=bearer(w.admin))
+    assert resp.status_code == 201, resp.get_json()
+    return int(resp.get_json()["id"])
 
 
 def make_world(app: Flask, admin: str) -> World:
@@ -1130,6 +1223,7 @@ def json_operations(
     w = inj.w
     sid, fid = w.s1["id"], inj.patch_field
     server = f"/api/v1/servers/{sid}"
+    rule = _fresh_rule(w)
     return {
         ("POST", "/api/v1/servers"): (
             lambda: {
@@ -1181,6 +1275,30 @@ def json_operations(
             w.admin,
             "/api/v1/enrollment-tokens",
             lambda reply: "/api/v1/enrollment-tokens",
+        ),
+        ("POST", "/api/v1/alerts"): (
+            lambda: {**_rule_body(), "name": w.name("rule"), "kind": "threshold"},
+            w.admin,
+            "/api/v1/alerts",
+            lambda reply: f"/api/v1/alerts/{reply['id']}",
+        ),
+        ("PATCH", "/api/v1/alerts/{id}"): (
+            lambda: {**_rule_body(), "name": w.name("renamed")},
+            w.admin,
+            f"/api/v1/alerts/{rule}",
+            lambda reply: f"/api/v1/alerts/{rule}",
+        ),
+        ("POST", "/api/v1/alerts/silences"): (
+            lambda: {
+                "rule_id": None,
+                "server_id": sid,
+                "ends_at": None,
+                "duration": "1h",
+                "comment": "c",
+            },
+            w.admin,
+            "/api/v1/alerts/silences",
+            lambda reply: f"/api/v1/alerts/silences/{reply['id']}",
         ),
         ("POST", "/api/v1/agent/heartbeat"): (
             lambda: {"agent_version": "1.0", "uptime": 5},

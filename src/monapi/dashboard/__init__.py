@@ -128,7 +128,7 @@ def _globals() -> dict[str, Any]:
 
 def init_app(app: Flask, settings: Settings) -> None:
     """Serve the dashboard at ``/`` with its session cookie settings."""
-    from . import auth_views, enrollment, fields, overview, servers  # noqa: F401 (routes)
+    from . import alerts, auth_views, enrollment, fields, overview, servers  # noqa: F401 (routes)
 
     app.config.update(
         SESSION_COOKIE_NAME="monapi_session",

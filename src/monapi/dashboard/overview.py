@@ -17,6 +17,7 @@ from ..models import Server
 from ..services.servers import last_seen_of, status_of, store
 from ..tsdb import Value
 from . import bp, htmx
+from .alerts import alert_states
 from .charts import merge_max, spark_path
 from .session import login_required
 
@@ -227,4 +228,5 @@ def overview() -> str:
     query = Query.from_args(request.args)
     data = fleet(db.session(), query)
     template = "_fleet.html" if htmx() else "overview.html"
-    return render_template(template, query=query, per_page_choices=PER_PAGE, **data)
+    alerts = [] if htmx() else alert_states(db.session())  # the fragment has no alert panel
+    return render_template(template, query=query, per_page_choices=PER_PAGE, alerts=alerts, **data)

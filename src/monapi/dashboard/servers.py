@@ -15,6 +15,7 @@ from ..fields import get_registry
 from ..services import metrics as msvc
 from ..services import servers as svc
 from . import bp
+from .alerts import SILENCE_DURATIONS, alert_states, silences_of_server
 from .session import login_required
 
 RANGES = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
@@ -73,6 +74,9 @@ def server_page(server_id: int) -> str:
         ranges=list(RANGES),
         fields=fields,
         new_key=None,
+        alerts=alert_states(session, server_id),
+        silences=silences_of_server(session, server_id),
+        durations=SILENCE_DURATIONS,
     )
 
 
