@@ -38,6 +38,9 @@ data directory, creates benchmark fields and servers through the API, then measu
 * reads (bench/reads.py, issue 7): on the embedded store, a 24-hour range at 10 s resolution
   for one field with a 5-minute step, and the overview of 1,000 servers (per_page=1000):
   median, p90 and max over keep-alive requests, answers checked.
+* alerts (bench/alerts.py, issue 10): in process on the embedded stores, one evaluation round of
+  10 rules over 1,000 servers when nothing changes, and the rounds where 1,500 alerts fire and
+  resolve (transitions and queued notifications checked).
 
 After each phase it counts the stored field values in the time-series file (for the engines: in
 the engine), so the numbers are data that was stored, not just replies. Traffic goes only to
@@ -836,6 +839,10 @@ def table(result: dict[str, Any]) -> str:
         import reads
 
         rows += reads.table_rows(result["reads"])
+    if "alerts" in result:
+        import alerts
+
+        rows += alerts.table_rows(result["alerts"])
     for key, what in (("agents_compare", "table_rows"), ("soak", "soak_rows")):
         if key in result:
             import agents
@@ -1017,6 +1024,11 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-reads",
         action="store_true",
         help="skip the read-query phase (24 h range, overview of 1,000 servers; bench/reads.py)",
+    )
+    ap.add_argument(
+        "--skip-alerts",
+        action="store_true",
+        help="skip the alert evaluation phase (10 rules x 1,000 servers; bench/alerts.py)",
     )
     ap.add_argument(
         "--skip-engines", action="store_true", help="skip the InfluxDB/VictoriaMetrics comparison"
@@ -1250,6 +1262,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reads: 1000 servers, 24 h of one; {rounds} rounds per query ...", flush=True)
             with running_server(tmp / "reads", args.workers, args.threads, args.log_level) as srv:
                 result["reads"] = reads.run_reads(srv.port, srv.admin_token, api, 1000, rounds)
+        if not args.skip_alerts:
+            import alerts
+
+            rounds = 3 if args.quick else 10
+            print(f"alerts: 10 rules x 1000 servers, {rounds} rounds ...", flush=True)
+            result["alerts"] = alerts.run_alerts(1000, rounds)
         if not args.skip_engines and engine_names:
             import engines
 
@@ -1309,7 +1327,17 @@ def main(argv: list[str] | None = None) -> int:
     result["results_file"] = out.name
     out.write_text(json.dumps(result, indent=2) + "\n")
     agents_doc = _agents_doc(result, out, args.quick)
-    keys = ("bulk", "bulk_lp", "agent", "footprint", "engines", "agents_compare", "soak", "reads")
+    keys = (
+        "bulk",
+        "bulk_lp",
+        "agent",
+        "footprint",
+        "engines",
+        "agents_compare",
+        "soak",
+        "reads",
+        "alerts",
+    )
     if any(k in result for k in keys):
         print()
         print(table(result))
