@@ -347,3 +347,33 @@ def test_a_rule_whose_field_went_can_still_be_disabled(
     resp = client.patch(f"/api/v1/alerts/{other['id']}", json={"name": "cpu2"}, headers=h)
     assert resp.status_code == 409
     assert "'cpu2' already exists" in resp.get_json()["error"]
+
+
+def test_firing_and_resolving_are_logged(
+    app: Flask, admin_token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = app.test_client()
+    srv = register_server(client, admin_token)
+    post(client, admin_token, "", {"name": "High CPU", **CPU, "window": "1m"})
+    resp = push(
+        client,
+        srv["api_key"],
+        {
+            "points": [
+                {
+                    "measurement": "cpu",
+                    "timestamp": time.time() - 5,
+                    "fields": {"usage_percent": 99.0},
+                }
+            ]
+        },
+    )
+    assert resp.status_code == 204
+    with caplog.at_level("INFO", logger="monapi.alerts"):
+        evaluator_for(app).evaluate()
+        evaluator_for(app).evaluate(time.time() + 120)
+    lines = [r.getMessage() for r in caplog.records if r.name == "monapi.alerts"]
+    assert lines == [
+        "alert firing: High CPU on web-01 (mean(cpu.usage_percent) over 1m > 90, value 99)",
+        "alert resolved: High CPU on web-01 (mean(cpu.usage_percent) over 1m > 90, value no data)",
+    ]

@@ -293,6 +293,8 @@ class Evaluator:
         report = Report()
         with self.db.session() as s:
             rules = list(s.execute(select(AlertRule).order_by(AlertRule.id)).scalars())
+            if not rules:
+                return report
             servers = list(s.execute(select(Server)).scalars())
             # A silence starts when it is made; only its end is compared with the clock.
             silences = list(s.execute(select(Silence).where(Silence.ends_at > now)).scalars())
@@ -370,6 +372,16 @@ class Evaluator:
                 moved = step(st, obs or Observation(None), rule.duration_s, now)
                 for before, after in moved:
                     report.transitions += 1
+                    if after in (FIRING, RESOLVED):
+                        log.info(
+                            "alert %s: %s on %s (%s, value %s)%s",
+                            after,
+                            rule.name,
+                            server.hostname,
+                            expression(rule),
+                            format_value(st.value),
+                            " [silenced]" if muted else "",
+                        )
                     s.add(
                         AlertEvent(
                             rule_id=rule.id,
