@@ -78,20 +78,38 @@ class AsciiIntegerConverter(IntegerConverter):
 
 
 def secret_from_file(path: Path) -> bytes:
-    """Read a generated secret, creating it (mode 0600) the first time."""
+    """Read a generated secret, creating it (mode 0600) the first time.
+
+    Every gunicorn worker builds its app at the same moment, so the first start has several
+    processes here at once: the secret is written whole to a file of this process's own and
+    linked into place (atomic, and refused if another process's is there already), so a
+    reader never sees a file that is still being written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        value = path.read_text().strip()
-        if len(value) < 32:
-            raise ConfigError(
-                f"{path} is shorter than 32 characters; delete it or set the secret"
-            ) from None
-        return value.encode()
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
     value = secrets.token_hex(32)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return _read_secret(path)  # another process made it first: everyone uses that one
+    finally:
+        os.unlink(tmp)
+    return value.encode()
+
+
+def _read_secret(path: Path) -> bytes:
+    value = path.read_text().strip()
+    if len(value) < 32:
+        raise ConfigError(f"{path} is shorter than 32 characters; delete it or set the secret")
     return value.encode()
 
 
