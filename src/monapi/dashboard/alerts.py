@@ -7,7 +7,6 @@ functions, so the dashboard accepts and refuses exactly what the API does.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from ..services import alerts as svc
 from ..services import fields as fsvc
 from . import bp
 from .charts import fmt_value
+from .forms import FormErrors, number, pydantic_errors
 from .session import current_user, login_required, safe_next
 
 AGGREGATIONS = ("mean", "min", "max", "last", "sum", "count")
@@ -66,14 +66,6 @@ _INPUT_OF = {
     "ends_at": "ends_at",
     "comment": "comment",
 }
-
-
-class FormErrors(Exception):
-    """Problems with a submitted form: input name (or ``form``) -> message."""
-
-    def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__(errors)
-        self.errors = errors
 
 
 # Shown states ---------------------------------------------------------------------------------
@@ -125,21 +117,6 @@ def _duration_filter(seconds: float) -> str:
 
 
 # Parsing forms --------------------------------------------------------------------------------
-def _number(form: Any, name: str, errors: dict[str, str]) -> float | None:
-    text = form.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        errors[name] = f"{name} must be a number"
-        return None
-    if not math.isfinite(value):
-        errors[name] = f"{name} must be a finite number"
-        return None
-    return value
-
-
 def parse_pairs(text: str) -> dict[str, str]:
     """``key=value`` items, one per line or separated by commas (ValueError for another)."""
     out: dict[str, str] = {}
@@ -156,14 +133,6 @@ def parse_pairs(text: str) -> dict[str, str]:
 def _location_input(location: str) -> str:
     key = location.removeprefix("body").lstrip(".").split(".")[0]
     return _INPUT_OF.get(key, "form")
-
-
-def _pydantic_errors(exc: ValidationError) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for err in exc.errors(include_url=False, include_context=False, include_input=False):
-        where = _INPUT_OF.get(str(err["loc"][0]), "form") if err["loc"] else "form"
-        out.setdefault(where, err["msg"].removeprefix("Value error, "))
-    return out
 
 
 def _api_errors(exc: ApiError) -> dict[str, str]:
@@ -198,7 +167,7 @@ def rule_body(form: MultiDict[str, str], kind: str) -> tuple[dict[str, Any], dic
         if body["condition"] not in CONDITIONS:
             errors["condition"] = "choose a condition"
             body["condition"] = None
-        body["threshold"] = _number(form, "threshold", errors)
+        body["threshold"] = number(form, "threshold", errors)
         if body["threshold"] is None:
             errors.setdefault("threshold", "enter the number the value is compared with")
         try:
@@ -206,7 +175,7 @@ def rule_body(form: MultiDict[str, str], kind: str) -> tuple[dict[str, Any], dic
         except ValueError as exc:
             errors["tags"] = str(exc)
     else:
-        body["intervals"] = _number(form, "intervals", errors)
+        body["intervals"] = number(form, "intervals", errors)
     target = form.get("target", "all")
     body["server_ids"], body["labels"] = None, None
     if target == "labels":
@@ -244,7 +213,7 @@ def parse_create(form: MultiDict[str, str]) -> AlertRuleCreate:
         else:
             return AlertRuleCreate.model_validate({**body, "kind": kind})
     except ValidationError as exc:
-        errors = {**_pydantic_errors(exc), **errors}
+        errors = {**pydantic_errors(exc, _INPUT_OF), **errors}
     raise FormErrors(errors)
 
 
@@ -255,7 +224,7 @@ def parse_update(form: MultiDict[str, str], rule: AlertRule) -> dict[str, Any]:
     try:
         AlertRuleUpdate.model_validate(changes)
     except ValidationError as exc:
-        errors = {**_pydantic_errors(exc), **errors}
+        errors = {**pydantic_errors(exc, _INPUT_OF), **errors}
     if errors:
         raise FormErrors(errors)
     return changes
@@ -511,7 +480,7 @@ def parse_silence(form: MultiDict[str, str]) -> SilenceCreate:
     try:
         return SilenceCreate.model_validate(data)
     except ValidationError as exc:
-        raise FormErrors(_pydantic_errors(exc)) from None
+        raise FormErrors(pydantic_errors(exc, _INPUT_OF)) from None
 
 
 def _back(default: str) -> Response:

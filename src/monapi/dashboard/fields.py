@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from flask import flash, redirect, render_template, request, url_for
@@ -14,41 +13,11 @@ from ..errors import ApiError
 from ..schemas import FieldCreate, FieldUpdate
 from ..services import fields as fsvc
 from . import bp
+from .forms import FormErrors, number, pydantic_errors
 from .session import login_required
 
 FORM_FIELDS = ("measurement", "name", "type", "unit", "description", "min", "max")
-
-
-class FormErrors(Exception):
-    """Problems with a submitted form: form field name -> message."""
-
-    def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__(errors)
-        self.errors = errors
-
-
-def _number(form: Any, name: str, errors: dict[str, str]) -> float | None:
-    text = form.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        errors[name] = f"{name} must be a number"
-        return None
-    if not math.isfinite(value):
-        errors[name] = f"{name} must be a finite number"
-        return None
-    return value
-
-
-def _pydantic_errors(exc: ValidationError) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for err in exc.errors(include_url=False, include_context=False, include_input=False):
-        where = str(err["loc"][0]) if err["loc"] else "form"
-        message = err["msg"].removeprefix("Value error, ")
-        out.setdefault(where if where in FORM_FIELDS else "form", message)
-    return out
+_INPUT_OF = {f: f for f in FORM_FIELDS}
 
 
 def parse_create(form: Any) -> FieldCreate:
@@ -60,14 +29,14 @@ def parse_create(form: Any) -> FieldCreate:
         "type": form.get("type", ""),
         "unit": form.get("unit", "").strip(),
         "description": form.get("description", "").strip(),
-        "min": _number(form, "min", errors),
-        "max": _number(form, "max", errors),
+        "min": number(form, "min", errors),
+        "max": number(form, "max", errors),
         "enabled": form.get("enabled") == "on",
     }
     try:
         body = FieldCreate.model_validate(data)
     except ValidationError as exc:
-        errors = {**_pydantic_errors(exc), **errors}
+        errors = {**pydantic_errors(exc, _INPUT_OF), **errors}
         raise FormErrors(errors) from None
     if errors:
         raise FormErrors(errors)
@@ -80,14 +49,14 @@ def parse_update(form: Any) -> dict[str, Any]:
     data = {
         "unit": form.get("unit", "").strip(),
         "description": form.get("description", "").strip(),
-        "min": _number(form, "min", errors),
-        "max": _number(form, "max", errors),
+        "min": number(form, "min", errors),
+        "max": number(form, "max", errors),
         "enabled": form.get("enabled") == "on",
     }
     try:
         FieldUpdate.model_validate(data)
     except ValidationError as exc:
-        raise FormErrors({**_pydantic_errors(exc), **errors}) from None
+        raise FormErrors({**pydantic_errors(exc, _INPUT_OF), **errors}) from None
     if errors:
         raise FormErrors(errors)
     return data
