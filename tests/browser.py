@@ -8,6 +8,7 @@ under ``CI=true`` (as a missing engine does, see :func:`tests.engines.missing`).
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -102,6 +103,36 @@ def new_context(
     watch = Watch()
     watch.attach(context)
     return context, watch
+
+
+# Chromium logs a page that answers 401/404/422 as a console error ("Failed to load resource").
+EXPECTED_STATUS = re.compile(
+    r"^http://127\.0\.0\.1:\d+/(?!assets/)\S*: Failed to load resource: "
+    r"the server responded with a status of (401|404|422) "
+)
+
+
+@contextmanager
+def watched_context(browser: Browser) -> Iterator[tuple[BrowserContext, Watch]]:
+    """A fresh context (no cookies); on leaving, no script of any page it opened may have
+    thrown, and the only console errors allowed are pages that answered a status a test asked
+    for (EXPECTED_STATUS)."""
+    ctx, watch = new_context(browser)
+    try:
+        yield ctx, watch
+    finally:
+        ctx.close()
+    assert not watch.page_errors, watch.page_errors
+    unexpected = [e for e in watch.console_errors if not EXPECTED_STATUS.search(e)]
+    assert not unexpected, unexpected
+
+
+def assert_log_clean(log: Path) -> None:
+    """No view failed while a served monapi ran (the dashboard logs an unexpected error and
+    shows a 500)."""
+    bad = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
+    errors = [line for line in log.read_text().splitlines() if bad.search(line)]
+    assert not errors, "\n".join(errors)
 
 
 def log_in(page: Page, base: str, username: str, password: str) -> None:

@@ -9,7 +9,6 @@ changed is read back through it.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from . import browser as bw
-from .test_dashboard_browser import EXPECTED_STATUS, PASSWORD, USER, Served, _cli, push, register
+from .test_dashboard_browser import PASSWORD, USER, Served, _cli, push, register
 from .test_serve import call, start_instance
 
 pytestmark = pytest.mark.slow
@@ -52,10 +51,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
-        # No view failed on the way (the dashboard logs an unexpected error and shows a 500).
-        bad = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
-        errors = [line for line in log.read_text().splitlines() if bad.search(line)]
-        assert not errors, "\n".join(errors)
+        bw.assert_log_clean(log)
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +63,8 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def context(browser: Browser) -> Iterator[tuple[BrowserContext, bw.Watch]]:
     """A fresh context (no cookies); no script of any page it opened may throw."""
-    ctx, watch = bw.new_context(browser)
-    try:
-        yield ctx, watch
-    finally:
-        ctx.close()
-    assert not watch.page_errors, watch.page_errors
-    unexpected = [e for e in watch.console_errors if not EXPECTED_STATUS.search(e)]
-    assert not unexpected, unexpected
+    with bw.watched_context(browser) as watched:
+        yield watched
 
 
 @pytest.fixture

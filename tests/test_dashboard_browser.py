@@ -37,11 +37,6 @@ pytestmark = pytest.mark.slow
 USER = "alice"
 PASSWORD = "correct horse battery"
 CPU = "cpu.usage_percent"
-# Chromium logs a page that answers 401/404/422 as a console error ("Failed to load resource").
-EXPECTED_STATUS = re.compile(
-    r"^http://127\.0\.0\.1:\d+/(?!assets/)\S*: Failed to load resource: "
-    r"the server responded with a status of (401|404|422) "
-)
 
 
 @dataclass
@@ -146,10 +141,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
-        # No view failed on the way (the dashboard logs an unexpected error and shows a 500).
-        bad = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
-        errors = [line for line in log.read_text().splitlines() if bad.search(line)]
-        assert not errors, "\n".join(errors)
+        bw.assert_log_clean(log)
 
 
 @pytest.fixture(scope="module")
@@ -161,15 +153,8 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def context(browser: Browser) -> Iterator[tuple[BrowserContext, bw.Watch]]:
     """A fresh context (no cookies); no script of any page it opened may throw."""
-    ctx, watch = bw.new_context(browser)
-    try:
-        yield ctx, watch
-    finally:
-        ctx.close()
-    assert not watch.page_errors, watch.page_errors
-    # The only console errors allowed: a page answered with the status a test asked for.
-    unexpected = [e for e in watch.console_errors if not EXPECTED_STATUS.search(e)]
-    assert not unexpected, unexpected
+    with bw.watched_context(browser) as watched:
+        yield watched
 
 
 @pytest.fixture
