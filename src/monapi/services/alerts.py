@@ -25,7 +25,7 @@ from ..models import (
     Server,
     Silence,
 )
-from ..schemas import AlertRuleCreate, check_rule_shape, duration_seconds
+from ..schemas import AlertRuleCreate, AlertRuleFields, check_rule_shape, duration_seconds
 from ..settings import Settings, parse_duration
 
 # Which aggregations each field type allows: text can only be counted; a boolean is 1 or 0.
@@ -203,27 +203,7 @@ def create_rule(session: Session, body: AlertRuleCreate) -> AlertRule:
 def _as_body(rule: AlertRule) -> dict[str, Any]:
     """A stored rule in the API's terms (seconds as numbers), for merging an update into."""
     d = rule_dict(rule)
-    return {
-        k: d[k]
-        for k in (
-            "name",
-            "description",
-            "kind",
-            "measurement",
-            "field",
-            "tags",
-            "aggregation",
-            "window",
-            "condition",
-            "threshold",
-            "intervals",
-            "duration",
-            "server_ids",
-            "labels",
-            "severity",
-            "enabled",
-        )
-    }
+    return {k: d[k] for k in (*AlertRuleFields.model_fields, "kind")}
 
 
 def update_rule(session: Session, rule: AlertRule, changes: dict[str, Any]) -> AlertRule:
